@@ -1,0 +1,175 @@
+"""The `harness` command line.
+
+User errors (a bad spec, a missing model, a full disk) print one line per problem on stderr
+and exit non-zero (2 for spec problems); tracebacks are kept for bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness import __version__
+from harness.errors import SpecError, UserError
+
+app = typer.Typer(
+    name="harness",
+    help="Reproducible benchmark harness for RL post-training of code models: specs, grids, "
+    "chains of campaigns, and the rise-and-collapse failure mode.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"harness {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- specs
+@app.command("list")
+def list_specs() -> None:
+    """List registered specs (benchmarks/*.yaml) with version, grid size and spec hash."""
+    from harness.spec import expand_cells, load_spec, registered_specs, spec_hash
+
+    table = Table("spec", "version", "cells", "campaigns x steps", "spec hash", "description")
+    bad = 0
+    for name in registered_specs():
+        try:
+            spec, _ = load_spec(name)
+        except SpecError as e:
+            bad += 1
+            table.add_row(name, "-", "-", "-", "[red]invalid[/]", str(e.problems[0]))
+            continue
+        table.add_row(spec.name, str(spec.version), str(len(expand_cells(spec))),
+                      f"{spec.chain.campaigns} x {spec.chain.steps}", spec_hash(spec)[:12],
+                      spec.description.strip().splitlines()[0] if spec.description else "")
+    out.print(table)
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command()
+def validate(
+    specs: Annotated[list[str], typer.Argument(help="Spec files or registered names.")],
+) -> None:
+    """Validate specs: every problem on one line ([cyan]file:line: key.path: message[/]);
+    exit 2 if any spec is invalid."""
+    from harness.spec import expand_cells, load_spec, spec_hash
+
+    failed = 0
+    for ref in specs:
+        try:
+            spec, path = load_spec(ref)
+        except SpecError as e:
+            failed += 1
+            for p in e.problems:
+                err.print(f"error: {p}", markup=False, highlight=False)
+            continue
+        out.print(f"ok {path}: {spec.name}@{spec.version}, {len(expand_cells(spec))} cells, "
+                  f"spec_hash {spec_hash(spec)}", markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def plan(
+    spec: Annotated[str, typer.Argument(help="Registered spec name or file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the grid as JSON.")] = False,
+) -> None:
+    """Show a spec's grid: one row per cell (cell_id, model, method, controller, seed,
+    campaigns, steps) and the spec hash."""
+    from harness.spec import expand_cells, load_spec, spec_hash
+
+    s, _ = load_spec(spec)
+    cells = expand_cells(s)
+    h = spec_hash(s)
+    if as_json:
+        doc = {
+            "spec": s.name, "version": s.version, "spec_hash": h, "n_cells": len(cells),
+            "cells": [{**c.keys(), "campaigns": s.chain.campaigns, "steps": s.chain.steps}
+                      for c in cells],
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    table = Table("cell_id", "model", "method", "controller", "seed", "campaigns", "steps",
+                  title=f"{s.name}@{s.version}  spec_hash {h}")
+    for c in cells:
+        k = c.keys()
+        table.add_row(k["cell_id"], k["model"], k["method"], k["controller"], str(c.seed),
+                      str(s.chain.campaigns), str(s.chain.steps))
+    out.print(table)
+
+
+@app.command("spec-schema")
+def spec_schema() -> None:
+    """Print the spec schema as JSON Schema (the reference for every field and default)."""
+    from harness.spec import Spec
+
+    sys.stdout.write(json.dumps(Spec.model_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def components() -> None:
+    """List registered methods, controllers and task sources."""
+    from harness.controllers import CONTROLLERS
+    from harness.methods import METHODS
+    from harness.tasks import TASK_SOURCES
+
+    for reg in (METHODS, CONTROLLERS, TASK_SOURCES):
+        out.print(f"{reg.kind}s: {', '.join(reg.names())}", markup=False)
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: user errors end in one line each and a non-zero exit."""
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=argv, prog_name="harness", standalone_mode=False)
+    except SpecError as e:
+        for p in e.problems:
+            err.print(f"error: {p}", markup=False, highlight=False)
+        rc = e.exit_code
+    except UserError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        rc = e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()
+        rc = 0
+    except click.ClickException as e:
+        e.show()
+        rc = e.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        rc = 130
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        rc = 130
+    rc = rc if isinstance(rc, int) else 0
+    if argv is None:
+        sys.exit(rc)
+    return rc
+
+
+if __name__ == "__main__":
+    main()

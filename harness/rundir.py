@@ -1,0 +1,107 @@
+"""Run directory layout (documented in the README):
+
+    runs/<spec>@<version>/<run-id>/
+        resolved_spec.json     the resolved spec (inheritance applied, defaults filled)
+        environment.json       harness version, git commit, Python/package versions, hardware
+        results.json           run-level results (written by `harness bench`)
+        cells/<cell_id>/
+            config.json        the resolved cell config (what `harness run-cell` runs)
+            trace.jsonl        append-only, one JSON line per step (the source of truth)
+            result.json        per-cell results (written when the chain finishes)
+
+The default run id is the first 12 hex digits of the spec hash, so re-running the same spec
+resumes the same run directory and skips finished cells; `--out DIR` picks a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.errors import UserError
+
+PACKAGES = ("torch", "transformers", "datasets", "numpy", "scipy", "mlflow", "pydantic",
+            "pyseccomp", "trl", "vllm", "accelerate", "deepspeed", "ray")
+
+
+def default_run_dir(spec_name: str, version: int, spec_hash: str, root: Path | None = None
+                    ) -> Path:
+    root = root or Path(os.environ.get("HARNESS_RUNS", "runs"))
+    return root / f"{spec_name}@{version}" / spec_hash[:12]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}; free disk space or choose "
+                        "another --out") from None
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    commit = out.stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    return commit + ("-dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """What is needed to reproduce a run: versions, commit, hardware."""
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    env: dict[str, Any] = {
+        "harness_version": __version__,
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "cpu": {"model": _cpu_model(), "count": os.cpu_count()},
+        "gpu": None,
+        "cuda": None,
+    }
+    if "torch" in sys.modules or "torch" in versions:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["cuda"] = torch.version.cuda
+            env["gpu"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env

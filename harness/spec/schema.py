@@ -1,0 +1,322 @@
+"""The benchmark spec schema: one set of pydantic models, the source of the documentation.
+
+`harness spec-schema` prints these models as JSON Schema. Every field has a default and a
+description; a spec file only states what differs. Terms follow DESIGN.md section 2.
+
+Grid axes (`models`, `methods`, `controllers`, `seeds`) accept a short form (a bare name) or
+a mapping with options. Each axis entry has a `label` (defaulting to its name) that names it
+in cell ids, `exclude` rules and `comparisons`; labels must be unique within an axis.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from harness.registry import did_you_mean
+
+# The built-in policies (everything else is a hub id or a local directory).
+BUILTIN_MODELS = ("tiny",)
+
+LABEL_RE = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors (a misspelt key must never be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Label = Annotated[str, Field(pattern=LABEL_RE)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+# --------------------------------------------------------------------------- models
+class TinyRecipe(_Strict):
+    """Recipe of the built-in tiny policy. The policy is built on first use and cached by
+    the hash of this recipe (see `harness.policy.tiny`)."""
+
+    hidden_size: PositiveInt = Field(128, description="Transformer width.")
+    intermediate_size: PositiveInt = Field(384, description="MLP width.")
+    num_layers: PositiveInt = Field(4, description="Decoder layers.")
+    num_heads: PositiveInt = Field(4, description="Attention heads (and key/value heads).")
+    warm_steps: NonNegInt = Field(300, description="Supervised warm-start steps.")
+    warm_batch: PositiveInt = Field(64, description="Warm-start batch size (tasks).")
+    warm_lr: float = Field(2e-3, gt=0, description="Warm-start AdamW learning rate.")
+    warm_seed: int = Field(0, description="Seed of the warm start (init, data order).")
+    warm_tasks: PositiveInt = Field(
+        4096, description="Synthetic tasks generated for the warm start (disjoint seed space "
+        "from the benchmark splits)."
+    )
+
+
+class ModelSpec(_Strict):
+    """A policy: the built-in tiny model (`tiny`), an HF hub id, or a local directory."""
+
+    id: str = Field(description="`tiny`, a hub id such as `Qwen/Qwen2.5-3B-Instruct`, or a "
+                    "path to a local directory holding a saved HF model.")
+    label: Label | None = Field(None, description="Name in cell ids; default: last part of id.")
+    revision: str | None = Field(None, description="Hub revision (commit) to pin.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:N`.")
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="Wrap prompts in the tokenizer's chat template (auto: when it has one).")
+    tiny: TinyRecipe | None = Field(
+        None, description="Recipe for id `tiny` (default recipe when omitted).")
+
+    @field_validator("id")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        v = v.strip()
+        if v in BUILTIN_MODELS or _HUB_ID_RE.match(v) or v.startswith(("/", "./", "../", "~")):
+            return v
+        raise ValueError(
+            f"unknown model {v!r}: use a built-in ({', '.join(sorted(BUILTIN_MODELS))}), "
+            "a hub id 'org/name', or a local path starting with / or ./"
+        )
+
+    @model_validator(mode="after")
+    def _recipe_only_for_tiny(self) -> ModelSpec:
+        if self.tiny is not None and self.id != "tiny":
+            raise ValueError("`tiny` recipe is only valid with id: tiny")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.label or self.id.rstrip("/").split("/")[-1]
+
+
+# --------------------------------------------------------------------------- methods
+class KLConfig(_Strict):
+    """KL penalty beta * KL(pi || pi_ref) added to the loss."""
+
+    beta: float = Field(0.05, ge=0, description="Penalty weight.")
+    estimator: Literal["k1", "k3"] = Field("k3", description="Per-token KL estimator.")
+    reference: Literal["chain_start", "campaign_start"] = Field(
+        "chain_start", description="Policy the KL is measured against.")
+
+
+class EWCConfig(_Strict):
+    """Elastic weight consolidation: lambda/2 * sum F_i (theta_i - theta*_i)^2 with a diagonal
+    Fisher F estimated at campaign start."""
+
+    lam: float = Field(100.0, ge=0, description="Penalty weight lambda.")
+    fisher_batches: PositiveInt = Field(4, description="Rollout batches used to estimate F.")
+
+
+class MethodSpec(_Strict):
+    """How a step turns rewards into an update (DESIGN.md section 2, Methods)."""
+
+    name: str = Field(description="Registered method: reinforce, grpo or rloo.")
+    label: Label | None = Field(None, description="Name in cell ids; default: the name.")
+    baseline: Literal["none", "batch_mean"] = Field(
+        "none", description="reinforce only: subtract the batch mean reward.")
+    eps: float = Field(1e-4, gt=0, description="grpo only: added to the group std.")
+    loss_agg: Literal["token_mean", "seq_mean", "seq_sum"] = Field(
+        "seq_sum",
+        description="token_mean: sum over all completion tokens / their count; seq_mean: mean "
+        "over sequences of each sequence's token mean; seq_sum: mean over sequences of each "
+        "sequence's summed log-prob (the classic REINFORCE estimator).")
+    kl: KLConfig | None = Field(None, description="Optional KL regulariser.")
+    ewc: EWCConfig | None = Field(None, description="Optional EWC regulariser.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from harness.methods import METHODS
+
+        if v not in METHODS:
+            raise ValueError(METHODS.unknown_message(v))
+        return v
+
+    @property
+    def arm(self) -> str:
+        return self.label or self.name
+
+
+# --------------------------------------------------------------------------- controllers
+class ControllerSpec(_Strict):
+    """What carries from one campaign to the next (DESIGN.md section 2, Controllers).
+
+    `params` are the controller's own parameters; each controller documents its keys and
+    defaults and rejects unknown ones when a cell starts.
+    """
+
+    name: str = Field(description="Registered controller (`harness list --components`).")
+    label: Label | None = Field(None, description="Name in cell ids; default: the name.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Controller parameters.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_controller(cls, v: str) -> str:
+        from harness.controllers import CONTROLLERS
+
+        if v not in CONTROLLERS:
+            raise ValueError(CONTROLLERS.unknown_message(v))
+        return v
+
+    @property
+    def arm(self) -> str:
+        return self.label or self.name
+
+
+# --------------------------------------------------------------------------- sections
+class ChainSpec(_Strict):
+    campaigns: PositiveInt = Field(10, description="Campaigns per chain (C).")
+    steps: PositiveInt = Field(20, description="Maximum gradient steps per campaign (B).")
+    collapse_threshold: float = Field(
+        0.20, ge=0, le=1, description="A campaign collapsed when peak - end exceeds this.")
+
+
+class TasksSpec(_Strict):
+    source: str = Field("synthetic", description="Registered task source, e.g. `synthetic`.")
+    train: PositiveInt = Field(50, description="Train-split problems (what campaigns optimise).")
+    eval: PositiveInt = Field(30, description="Eval-split problems (per-step pass@1, selection).")
+    test: PositiveInt = Field(30, description="Test-split problems (final numbers only).")
+    split_seed: int = Field(0, description="Seed of the deterministic split.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Source-specific options (difficulty, revision...).")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from harness.tasks import TASK_SOURCES
+
+        if v not in TASK_SOURCES:
+            raise ValueError(TASK_SOURCES.unknown_message(v))
+        return v
+
+
+class EvalSpec(_Strict):
+    samples_per_task: PositiveInt = Field(
+        8, description="n completions per eval task (pass@1 = unbiased estimator, k=1).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature at eval.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling at eval.")
+    max_new_tokens: PositiveInt = Field(512, description="Completion length cap at eval.")
+
+
+class RolloutSpec(_Strict):
+    group_size: PositiveInt = Field(16, description="G completions per training prompt.")
+    prompts_per_step: PositiveInt = Field(8, description="P training prompts per step.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature for training.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for training.")
+    max_new_tokens: PositiveInt = Field(512, description="Completion length cap.")
+    backend: Literal["hf", "vllm"] = Field("hf", description="Rollout backend.")
+
+
+class OptimSpec(_Strict):
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (controllers may change it).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+
+
+class GraderSpec(_Strict):
+    timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per sample.")
+    memory_mb: PositiveInt = Field(512, description="Address-space limit per sample (MiB).")
+    output_bytes: PositiveInt = Field(1 << 20, description="Output cap per sample.")
+    workers: PositiveInt = Field(2, description="Sandbox worker processes per cell.")
+
+
+class ArmRef(_Strict):
+    """One arm of the grid: labels on each axis (an omitted model means every model)."""
+
+    method: str = Field(description="Method label.")
+    controller: str = Field(description="Controller label.")
+    model: str | None = Field(None, description="Model label; omitted: compare per model.")
+
+
+class ComparisonSpec(_Strict):
+    candidate: ArmRef = Field(description="The arm under test.")
+    baseline: ArmRef = Field(description="The arm it is compared with, paired by seed.")
+    metric: Literal[
+        "end_of_chain_pass1_test", "end_of_chain_pass1_eval", "mean_peak", "mean_end",
+        "mean_gap", "collapse_rate",
+    ] = Field("end_of_chain_pass1_test", description="Per-seed metric compared.")
+    expect: Literal["improves", "no_worse", "no_difference"] = Field(
+        "improves", description="What the study found / what the gate expects.")
+    gate: bool = Field(False, description="A regression here fails `harness gate`.")
+    note: str = Field("", description="Where the expectation comes from.")
+
+
+class ExcludeRule(_Strict):
+    """Drop every cell matching all given keys (labels; seed as an integer)."""
+
+    model: str | None = Field(None, description="Model label to match.")
+    method: str | None = Field(None, description="Method label to match.")
+    controller: str | None = Field(None, description="Controller label to match.")
+    seed: int | None = Field(None, description="Seed to match.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ExcludeRule:
+        if all(v is None for v in (self.model, self.method, self.controller, self.seed)):
+            raise ValueError("an exclude rule needs at least one of model, method, controller, seed")
+        return self
+
+
+class ResourcesSpec(_Strict):
+    gpus_per_cell: float = Field(0, ge=0, description="GPUs requested per cell (ray/docker).")
+    cpus_per_cell: float = Field(1, gt=0, description="CPUs requested per cell (ray).")
+
+
+# --------------------------------------------------------------------------- the spec
+def _short_form(v: Any, key: str) -> Any:
+    """Short form: a bare string is the entry's `name` (or `id` for models)."""
+    if isinstance(v, list):
+        return [{key: x} if isinstance(x, str) else x for x in v]
+    return v
+
+
+class Spec(_Strict):
+    """A versioned benchmark spec. Bump `version` on any change that alters results."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Registered name.")
+    version: PositiveInt = Field(description="Bumped on any change that alters results.")
+    description: str = Field("", description="What the spec measures.")
+    extends: str | None = Field(
+        None, exclude=True,
+        description="Inherit from another spec (registered name or path relative to this "
+        "file) and override: mappings merge key by key, lists and scalars replace. `name` and "
+        "`version` are never inherited. Applied before validation; not part of the hash.")
+    models: list[ModelSpec] = Field(min_length=1, description="Model axis of the grid.")
+    methods: list[MethodSpec] = Field(
+        default_factory=lambda: [MethodSpec(name="reinforce")], min_length=1,
+        description="Method axis of the grid.")
+    controllers: list[ControllerSpec] = Field(
+        default_factory=lambda: [ControllerSpec(name="naive")], min_length=1,
+        description="Controller axis of the grid.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seed axis.")
+    exclude: list[ExcludeRule] = Field(default_factory=list, description="Cells to drop.")
+    chain: ChainSpec = Field(default_factory=ChainSpec, description="Chain of campaigns.")
+    tasks: TasksSpec = Field(default_factory=TasksSpec, description="Task source and splits.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Per-step eval pass@1.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Training rollouts.")
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer.")
+    grader: GraderSpec = Field(default_factory=GraderSpec, description="Sandbox limits.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
+                                     description="Resources per cell (executors).")
+    comparisons: list[ComparisonSpec] = Field(
+        default_factory=list, description="Declared comparisons (candidate vs baseline).")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _short_models(cls, v: Any) -> Any:
+        return _short_form(v, "id")
+
+    @field_validator("methods", "controllers", mode="before")
+    @classmethod
+    def _short_names(cls, v: Any) -> Any:
+        return _short_form(v, "name")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"duplicate seeds {dup}: each seed may appear once")
+        return v
