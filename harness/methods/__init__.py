@@ -1,0 +1,52 @@
+"""Methods: how a step turns rewards into an update (DESIGN.md section 2, Methods).
+
+`METHODS` maps a method name (`MethodSpec.name`) to its advantage estimator
+`(rewards [P, G], spec) -> advantages [P, G]`. Loss aggregation (`MethodSpec.loss_agg`) and the
+KL estimator (`KLConfig.estimator`) are looked up the same way, in `AGGREGATIONS` and
+`KL_ESTIMATORS`. The runner calls, per step:
+
+    loss, metrics = compute_loss(spec, model, batch, rewards, ref_model=ref, ewc=ewc_state)
+    grad_norm = optimizer_step(model, optimizer, loss, grad_clip)
+
+Adding a method is one registered function in `advantages.py` plus a test.
+"""
+
+from harness.methods.advantages import METHODS, grpo, reinforce, rloo
+from harness.methods.logprobs import token_logprobs
+from harness.methods.losses import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    aggregate,
+    kl_k1,
+    kl_k3,
+    kl_per_token,
+    pg_per_token,
+    seq_mean,
+    seq_sum,
+    token_mean,
+)
+from harness.methods.regularizers import EWCState, estimate_fisher, make_reference
+from harness.methods.step import compute_loss, optimizer_step
+
+__all__ = [
+    "AGGREGATIONS",
+    "KL_ESTIMATORS",
+    "METHODS",
+    "EWCState",
+    "aggregate",
+    "compute_loss",
+    "estimate_fisher",
+    "grpo",
+    "kl_k1",
+    "kl_k3",
+    "kl_per_token",
+    "make_reference",
+    "optimizer_step",
+    "pg_per_token",
+    "reinforce",
+    "rloo",
+    "seq_mean",
+    "seq_sum",
+    "token_logprobs",
+    "token_mean",
+]

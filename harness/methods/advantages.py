@@ -1,0 +1,79 @@
+"""Advantage estimators: rewards of a step -> one advantage per completion.
+
+Each estimator is one small function with the signature
+`(rewards: Tensor[P, G], spec: MethodSpec) -> Tensor[P, G]`, registered in `METHODS` under the
+method name a spec uses. Row p holds the G completions sampled for prompt p (prompt-major, as
+the rollouts are ordered). The trainer looks an estimator up by name and never branches on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.spec.schema import MethodSpec
+
+AdvantageFn = Callable[[Tensor, "MethodSpec"], Tensor]
+
+METHODS: Registry[AdvantageFn] = Registry("method")
+
+
+def _check(rewards: Tensor) -> Tensor:
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must have shape [P, G], got {tuple(rewards.shape)}")
+    return rewards.float()
+
+
+@METHODS.register("reinforce")
+def reinforce(rewards: Tensor, spec: MethodSpec) -> Tensor:
+    """Naive REINFORCE: advantage = reward.
+
+    rewards: [P, G] (binary pass/fail in this harness) -> advantages [P, G].
+    With `spec.baseline == "batch_mean"` the mean reward of the whole batch (all P*G
+    completions) is subtracted; with `"none"` the reward is used as is.
+    """
+    r = _check(rewards)
+    if spec.baseline == "batch_mean":
+        return r - r.mean()
+    return r.clone()
+
+
+@METHODS.register("grpo")
+def grpo(rewards: Tensor, spec: MethodSpec) -> Tensor:
+    """GRPO: (r - group mean) / (group std + eps).
+
+    rewards: [P, G] -> advantages [P, G]. The std is the *unbiased* (Bessel-corrected, divide by
+    G-1) std of the prompt's G rewards, as TRL's GRPOTrainer computes it (`scale_rewards="group"`,
+    `trl.trainer.utils.nanstd`); eps is `spec.eps` (TRL hard-codes 1e-4, the spec default).
+    A group whose rewards are all equal gets zero advantages. G = 1 has no defined std: the
+    advantages are zero (r - mean = 0), as in TRL.
+    """
+    r = _check(rewards)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if r.size(1) == 1:
+        return torch.zeros_like(r)
+    std = r.std(dim=1, unbiased=True, keepdim=True)
+    return centred / (std + spec.eps)
+
+
+@METHODS.register("rloo")
+def rloo(rewards: Tensor, spec: MethodSpec) -> Tensor:
+    """REINFORCE leave-one-out: r_i - mean of the other G-1 rewards of the same prompt.
+
+    rewards: [P, G] -> advantages [P, G]; equals G/(G-1) * (r_i - group mean). With G = 1 there
+    is no other completion to form a baseline from: the advantages are zero (no update signal)
+    rather than the raw reward, so a G=1 rloo run never silently turns into naive REINFORCE.
+    """
+    del spec
+    r = _check(rewards)
+    g = r.size(1)
+    if g == 1:
+        return torch.zeros_like(r)
+    others_mean = (r.sum(dim=1, keepdim=True) - r) / (g - 1)
+    return r - others_mean
