@@ -99,6 +99,10 @@ class KLConfig(_Strict):
     estimator: Literal["k1", "k3"] = Field("k3", description="Per-token KL estimator.")
     reference: Literal["chain_start", "campaign_start"] = Field(
         "chain_start", description="Policy the KL is measured against.")
+    ratio_correction: bool = Field(
+        True, description="Multiply the per-token KL by the importance ratio (TRL's "
+        "use_bias_correction_kl): an unbiased gradient of KL(pi || pi_ref). False = classic "
+        "DeepSeekMath GRPO.")
 
 
 class EWCConfig(_Strict):
