@@ -140,6 +140,69 @@ def components() -> None:
         out.print(f"{reg.kind}s: {', '.join(reg.names())}", markup=False)
 
 
+# --------------------------------------------------------------------------- running
+@app.command()
+def bench(
+    spec: Annotated[str, typer.Argument(help="Registered spec name or file.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run directory (default: runs/<spec>@<version>/<spec hash[:12]>).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
+                                      help="Cells run in parallel processes.")] = 1,
+) -> None:
+    """Run every cell of a spec on this machine and print the summary table.
+
+    Re-running the same command skips finished cells and resumes interrupted ones from their
+    last finished campaign. Exit 1 if any cell failed (the others still finish).
+    """
+    from harness.bench import bench as run_bench
+    from harness.spec import load_spec
+
+    s, _ = load_spec(spec)
+    _, results = run_bench(s, out, jobs, out_console())
+    if any(c["status"] != "finished" for c in results["cells"]):
+        raise typer.Exit(1)
+
+
+@app.command("run-cell", hidden=False)
+def run_cell(
+    cell_dir: Annotated[Path, typer.Argument(help="A cell directory holding config.json.")],
+) -> None:
+    """Run (or resume) one cell from its resolved config: the entry point every executor
+    calls. Writes trace.jsonl and result.json beside config.json."""
+    import fcntl
+    import os
+
+    cfg_path = cell_dir / "config.json"
+    try:
+        doc = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read cell config {cfg_path}: {e}") from None
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", "1")))
+    from harness.runner.cell import CellConfig, CellRunner
+
+    cid = doc.get("cell_id", cell_dir.name)
+    lock = open(cell_dir / ".lock", "w")  # noqa: SIM115 (held for the process's life)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise UserError(f"cell {cid} is already running in another process") from None
+    try:
+        cfg = CellConfig.from_dict(cid, doc["config"])
+        result = CellRunner(cfg, cell_dir).run()
+    except UserError as e:
+        msg = str(e)
+        raise UserError(msg if msg.startswith(f"cell {cid}") else f"cell {cid}: {msg}") from None
+    eoc = result["end_of_chain"]
+    out.print(f"cell {cid} finished: end-of-chain pass@1 test {eoc['pass1_test']:.3f}, "
+              f"eval {eoc['pass1_eval']:.3f}", markup=False, highlight=False)
+
+
+def out_console() -> Console:
+    return out
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors end in one line each and a non-zero exit."""

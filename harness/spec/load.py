@@ -66,14 +66,14 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int],
         for k, v in node.value:
             key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
             if key in seen:
-                problems.append((path + (key,), k.start_mark.line + 1,
+                problems.append(((*path, key), k.start_mark.line + 1,
                                  f"duplicate key {key!r}: keep one"))
             seen.add(key)
-            lines[path + (key,)] = k.start_mark.line + 1
-            _walk(v, path + (key,), lines, problems)
+            lines[(*path, key)] = k.start_mark.line + 1
+            _walk(v, (*path, key), lines, problems)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _walk(v, path + (i,), lines, problems)
+            _walk(v, (*path, i), lines, problems)
 
 
 def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:

@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.registry import did_you_mean
-
 # The built-in policies (everything else is a hub id or a local directory).
 BUILTIN_MODELS = ("tiny",)
 

@@ -1,0 +1,171 @@
+"""`harness bench`: prepare a run directory, run every unfinished cell, collect results.
+
+The run directory layout is documented in `harness.rundir`. Cells whose `result.json` holds
+an end-of-chain result are skipped; a cell killed mid-chain resumes from its last finished
+campaign. `results.json` is (re)built from the cells' results at the end of every invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness import __version__
+from harness.errors import UserError
+from harness.rundir import default_run_dir, environment, write_json
+from harness.spec import Cell, Spec, expand_cells, resolved_dict, spec_hash
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
+    h = spec_hash(spec)
+    run_dir = out or default_run_dir(spec.name, spec.version, h)
+    existing = run_dir / "resolved_spec.json"
+    if existing.exists():
+        try:
+            old = json.loads(existing.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and old.get("spec_hash") != h:
+            raise UserError(
+                f"{run_dir} holds a run of {old.get('spec', {}).get('name')}@"
+                f"{old.get('spec', {}).get('version')} with another spec hash "
+                f"({str(old.get('spec_hash'))[:12]}); choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run directory {run_dir}: {e.strerror or e}") from None
+    write_json(existing, {"spec_hash": h, "spec": resolved_dict(spec)})
+    write_json(run_dir / "environment.json", environment())
+    cells = expand_cells(spec)
+    for c in cells:
+        cfg_path = run_dir / "cells" / c.cell_id / "config.json"
+        if not cfg_path.exists():
+            write_json(cfg_path, {"cell_id": c.cell_id, "spec": spec.name,
+                                  "version": spec.version, "spec_hash": h, "config": c.config})
+    return run_dir, cells
+
+
+def cell_finished(cell_dir: Path) -> bool:
+    try:
+        res = json.loads((cell_dir / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return res.get("end_of_chain") is not None
+
+
+def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
+                    failures: dict[str, str]) -> dict[str, Any]:
+    out_cells = []
+    for c in cells:
+        entry: dict[str, Any] = {**c.keys(), "status": "missing"}
+        try:
+            res = json.loads((run_dir / "cells" / c.cell_id / "result.json").read_text())
+            entry.update(status="finished" if res.get("end_of_chain") else "partial",
+                         campaigns=res["campaigns"], decisions=res["decisions"],
+                         end_of_chain=res["end_of_chain"], aggregates=res["aggregates"])
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+        if c.cell_id in failures:
+            entry.update(status="failed", error=failures[c.cell_id])
+        out_cells.append(entry)
+    results = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "spec": spec.name, "version": spec.version, "spec_hash": spec_hash(spec),
+        "harness_version": __version__,
+        "cells": out_cells,
+    }
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def summary_table(results: dict[str, Any]) -> Table:
+    t = Table(title=f"{results['spec']}@{results['version']}  "
+                    f"spec_hash {results['spec_hash'][:12]}")
+    for col in ("cell", "status", "pass@1 test", "pass@1 eval", "mean peak", "mean gap",
+                "collapsed"):
+        t.add_column(col)
+    for c in results["cells"]:
+        eoc = c.get("end_of_chain") or {}
+        agg = c.get("aggregates") or {}
+        n = len(c.get("campaigns") or [])
+        t.add_row(c["cell_id"], c["status"], _fmt(eoc.get("pass1_test")),
+                  _fmt(eoc.get("pass1_eval")), _fmt(agg.get("mean_peak")),
+                  _fmt(agg.get("mean_gap")),
+                  f"{agg.get('collapsed_campaigns', 0)}/{n}" if n else "-")
+    return t
+
+
+def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Path, dict]:
+    """Run every unfinished cell of `spec`; return (run_dir, results)."""
+    from harness.executors.local import run_local
+
+    run_dir, cells = prepare_run_dir(spec, out)
+    todo = {c.cell_id: run_dir / "cells" / c.cell_id for c in cells
+            if not cell_finished(run_dir / "cells" / c.cell_id)}
+    console.print(f"run directory: {run_dir}  ({len(cells) - len(todo)} of {len(cells)} cells "
+                  "already finished)", markup=False, highlight=False)
+    _prebuild_policies(spec, console)
+    failures: dict[str, str] = {}
+    if todo:
+        jobs = max(1, min(jobs, len(todo)))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        steps_total = spec.chain.campaigns * (spec.chain.steps + 1)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as prog:
+            overall = prog.add_task(f"cells of {spec.name}", total=len(cells),
+                                    completed=len(cells) - len(todo))
+            bars: dict[str, Any] = {}
+
+            def on_event(cid: str, ev: dict[str, Any]) -> None:
+                if ev["event"] == "start":
+                    done = sum(1 for r in ev["records"] if r["type"] == "step")
+                    bars[cid] = prog.add_task(cid, total=steps_total, completed=done)
+                elif ev["event"] == "record":
+                    r = ev["record"]
+                    if r["type"] == "step":
+                        prog.update(bars[cid], advance=1, description=(
+                            f"{cid}  c{r['campaign']} s{r['step']}  "
+                            f"pass@1 {r['eval_pass1']:.3f}"))
+                    elif r["type"] == "final":
+                        prog.update(bars[cid], completed=steps_total, description=(
+                            f"{cid}  test pass@1 {r['pass1_test']:.3f}"))
+                elif ev["event"] == "exit":
+                    prog.update(overall, advance=1)
+                    if ev["returncode"]:
+                        failures[cid] = ev["error"]
+                        prog.update(bars[cid], description=f"{cid}  [red]failed[/]")
+
+            run_local(todo, jobs, on_event, threads_per_cell=threads)
+    results = collect_results(spec, run_dir, cells, failures)
+    console.print(summary_table(results))
+    for cid, why in failures.items():
+        console.print(f"error: cell {cid} failed: {why} (log: {run_dir / 'cells' / cid / 'log.txt'})",
+                      markup=False, highlight=False)
+    return run_dir, results
+
+
+def _prebuild_policies(spec: Spec, console: Console) -> None:
+    """Build the tiny policy once, before cells start in parallel (cached afterwards)."""
+    from harness.policy.tiny import ensure_tiny, tiny_dir
+
+    for m in spec.models:
+        if m.id != "tiny":
+            continue
+        from harness.spec.schema import TinyRecipe
+
+        recipe = m.tiny or TinyRecipe()
+        if not (tiny_dir(recipe) / "config.json").exists():
+            with console.status("building the tiny policy (first use; cached afterwards)"):
+                ensure_tiny(recipe)

@@ -1,0 +1,119 @@
+"""The `local` executor: each cell in its own process on this machine, up to `jobs` at once.
+
+Every executor calls the same cell entry point (`harness run-cell CELL_DIR`, which reads
+`CELL_DIR/config.json`); they differ only in where that process runs. Progress is read back
+from each cell's trace (the source of truth), so it needs no channel of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class CellProcess:
+    cell_id: str
+    cell_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    offset: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    returncode: int | None = None
+
+
+def cell_command(cell_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "run-cell", str(cell_dir)]
+
+
+def last_error(cell_dir: Path) -> str:
+    """The line that says why a cell failed (its `error:` line, else the last log line)."""
+    log = cell_dir / "log.txt"
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log written"
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1][len("error:"):].strip()
+    return lines[-1] if lines else "exited without output"
+
+
+def _poll_trace(cp: CellProcess) -> list[dict[str, Any]]:
+    path = cp.cell_dir / "trace.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(cp.offset)
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    end = data.rfind(b"\n")
+    if end < 0:
+        return []
+    cp.offset += end + 1
+    new = [json.loads(line) for line in data[: end + 1].splitlines() if line.strip()]
+    cp.records.extend(new)
+    return new
+
+
+def run_local(cell_dirs: dict[str, Path], jobs: int,
+              on_event: Callable[[str, dict[str, Any]], None],
+              threads_per_cell: int = 1) -> dict[str, int]:
+    """Run cells with at most `jobs` processes; return {cell_id: exit code}."""
+    pending = [CellProcess(cid, d) for cid, d in cell_dirs.items()]
+    running: list[CellProcess] = []
+    codes: dict[str, int] = {}
+    env = dict(os.environ, HARNESS_THREADS=str(threads_per_cell), PYTHONUNBUFFERED="1")
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                cp = pending.pop(0)
+                log = open(cp.cell_dir / "log.txt", "ab")  # noqa: SIM115 (owned by the child)
+                cp.proc = subprocess.Popen(cell_command(cp.cell_dir), stdout=log,
+                                           stderr=subprocess.STDOUT, env=env,
+                                           preexec_fn=_die_with_parent)
+                log.close()
+                # progress starts after the records a resumed cell already has
+                _poll_trace(cp)
+                on_event(cp.cell_id, {"event": "start", "records": cp.records})
+                running.append(cp)
+            time.sleep(0.25)
+            for cp in list(running):
+                for rec in _poll_trace(cp):
+                    on_event(cp.cell_id, {"event": "record", "record": rec})
+                assert cp.proc is not None
+                rc = cp.proc.poll()
+                if rc is not None:
+                    for rec in _poll_trace(cp):
+                        on_event(cp.cell_id, {"event": "record", "record": rec})
+                    codes[cp.cell_id] = rc
+                    on_event(cp.cell_id, {"event": "exit", "returncode": rc,
+                                          "error": last_error(cp.cell_dir) if rc else None})
+                    running.remove(cp)
+    finally:
+        for cp in running:
+            if cp.proc is not None and cp.proc.poll() is None:
+                cp.proc.send_signal(signal.SIGTERM)
+        for cp in running:
+            if cp.proc is not None:
+                try:
+                    cp.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    cp.proc.kill()
+    return codes

@@ -1,0 +1,1 @@
+"""The cell runner (the chain of campaigns) and its trace."""

@@ -1,0 +1,372 @@
+"""The cell runner: one model x method x controller x seed, a chain of campaigns.
+
+This is the only place that knows the order of a chain (DESIGN.md section 2):
+
+    for each campaign k:
+        plan = controller.plan(history)            start checkpoint, budget, lr (+ reason)
+        load plan.start_from; fresh AdamW(lr)
+        step 0: eval pass@1 on the eval split
+        for step 1..budget:
+            rollouts (G per prompt, P prompts) -> sandboxed grading -> rewards
+            method loss (+ KL, EWC) -> one optimizer step
+            eval pass@1 on the eval split -> trace
+            controller.should_stop? -> stop early
+        summary (start, peak, peak_step, end, gap, collapsed, onset) -> trace
+    carried-out policy = where the controller would start campaign C -> test-split pass@1
+
+Every random draw is seeded from (cell seed, purpose, campaign, step), the optimizer is
+fresh per campaign, and checkpoints are saved at campaign ends, so a cell killed mid-chain
+resumes from its last finished campaign and ends with the same results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.controllers import History, Plan, make_controller, summarise
+from harness.errors import UserError
+from harness.rundir import write_json
+from harness.runner.checkpoints import CheckpointStore
+from harness.runner.trace import Trace
+from harness.spec.schema import (
+    ChainSpec,
+    ControllerSpec,
+    EvalSpec,
+    GraderSpec,
+    MethodSpec,
+    ModelSpec,
+    OptimSpec,
+    RolloutSpec,
+    TasksSpec,
+)
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (stable across processes and machines)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """A resolved cell config (what `cell.config` holds), parsed."""
+
+    cell_id: str
+    model: ModelSpec
+    method: MethodSpec
+    controller: ControllerSpec
+    seed: int
+    chain: ChainSpec
+    tasks: TasksSpec
+    eval: EvalSpec
+    rollout: RolloutSpec
+    optim: OptimSpec
+    grader: GraderSpec
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, cell_id: str, cfg: dict[str, Any]) -> CellConfig:
+        return cls(
+            cell_id=cell_id, model=ModelSpec(**cfg["model"]), method=MethodSpec(**cfg["method"]),
+            controller=ControllerSpec(**cfg["controller"]), seed=int(cfg["seed"]),
+            chain=ChainSpec(**cfg["chain"]), tasks=TasksSpec(**cfg["tasks"]),
+            eval=EvalSpec(**cfg["eval"]), rollout=RolloutSpec(**cfg["rollout"]),
+            optim=OptimSpec(**cfg["optim"]), grader=GraderSpec(**cfg["grader"]), raw=cfg)
+
+
+class CellRunner:
+    """Runs (or resumes) one cell in `cell_dir`, writing `trace.jsonl` and `result.json`."""
+
+    def __init__(self, cfg: CellConfig, cell_dir: Path, progress: Progress | None = None,
+                 grader: Any | None = None) -> None:
+        self.cfg = cfg
+        self.dir = cell_dir
+        self.progress = progress or (lambda event: None)
+        self._grader = grader
+        self.trace = Trace(cell_dir / "trace.jsonl")
+
+    # ------------------------------------------------------------------ parts
+    def _setup(self) -> None:
+        from harness.policy import HFGenerateBackend, load_policy
+        from harness.tasks import load_splits
+
+        cfg = self.cfg
+        self.controller = make_controller(cfg.controller.name, cfg.controller.params)
+        try:
+            self.splits = load_splits(cfg.tasks)
+        except ValueError as e:
+            raise UserError(f"cell {cfg.cell_id}: tasks: {e}") from None
+        self.policy = load_policy(cfg.model)
+        self.model = self.policy.model
+        self.backend = HFGenerateBackend()
+        self.store = CheckpointStore(self.dir / "checkpoints", self.model)
+        self.store.keep_init()
+        self.limits = {"timeout_s": cfg.grader.timeout_s, "memory_mb": cfg.grader.memory_mb,
+                       "output_bytes": cfg.grader.output_bytes}
+
+    def _grader_pool(self) -> Any:
+        if self._grader is not None:
+            return self._grader
+        from grader_sandbox import GraderError, GraderPool
+
+        try:
+            self._grader = GraderPool(workers=self.cfg.grader.workers)
+        except GraderError as e:
+            raise UserError(f"cell {self.cfg.cell_id}: grader cannot start: {e}") from None
+        self._owns_grader = True
+        return self._grader
+
+    def _completion_code(self, text: str) -> str:
+        from harness.policy import extract_code
+
+        return extract_code(text) if self.policy.use_chat_template else text
+
+    def _sample_and_grade(self, tasks: list[Any], n: int, temperature: float, top_p: float,
+                          max_new_tokens: int, seed: int) -> tuple[list[list[float]], Any,
+                                                                  dict[str, float]]:
+        """Sample n completions per task and grade them: rewards [len(tasks)][n]."""
+        from harness.tasks import grader_request
+
+        t0 = time.perf_counter()
+        prompts = [self.policy.format_prompt(t.prompt) for t in tasks]
+        self.model.eval()
+        rollouts = self.backend.generate(self.policy, prompts, n=n, temperature=temperature,
+                                         top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        t1 = time.perf_counter()
+        requests = [grader_request(tasks[i // n], self._completion_code(text), self.limits,
+                                   f"{i}") for i, text in enumerate(rollouts.texts)]
+        verdicts = self._grader_pool().grade(requests)
+        t2 = time.perf_counter()
+        flat = [1.0 if v.passed else 0.0 for v in verdicts]
+        rewards = [flat[i * n:(i + 1) * n] for i in range(len(tasks))]
+        return rewards, rollouts, {"generate": t1 - t0, "grade": t2 - t1}
+
+    def evaluate(self, split: str, tag: str, *parts: Any) -> tuple[float, int, dict[str, float]]:
+        """Unbiased pass@1 (k=1): mean over tasks of passes / n. Returns (pass1, passes, t)."""
+        e = self.cfg.eval
+        tasks = self.splits[split]
+        with torch.no_grad():
+            rewards, _, t = self._sample_and_grade(
+                tasks, e.samples_per_task, e.temperature, e.top_p, e.max_new_tokens,
+                derive_seed(self.cfg.seed, tag, *parts))
+        passes = int(sum(sum(r) for r in rewards))
+        pass1 = sum(sum(r) / len(r) for r in rewards) / len(rewards)
+        return pass1, passes, t
+
+    # ------------------------------------------------------------------ history
+    def history(self) -> History:
+        campaigns, summaries = [], []
+        cur: list[dict[str, Any]] = []
+        for r in self.trace.records:
+            if r["type"] == "step":
+                cur.append(r)
+            elif r["type"] == "campaign":
+                campaigns.append(tuple(cur))
+                summaries.append(_summary_from(r))
+                cur = []
+        return History(campaigns=tuple(campaigns), summaries=tuple(summaries),
+                       checkpoints=tuple(self.store.names()), max_steps=self.cfg.chain.steps,
+                       base_lr=self.cfg.optim.lr)
+
+    def _check_plan(self, plan: Plan, history: History) -> None:
+        problems = []
+        if plan.start_from not in history.checkpoints:
+            problems.append(f"start_from {plan.start_from!r} not in {history.checkpoints}")
+        if not 1 <= plan.budget <= history.max_steps:
+            problems.append(f"budget {plan.budget} outside [1, {history.max_steps}]")
+        if not (plan.lr > 0 and math.isfinite(plan.lr)):
+            problems.append(f"lr {plan.lr} is not a positive number")
+        if problems:  # a controller bug, not a user error: keep the traceback
+            raise RuntimeError(f"controller {self.cfg.controller.name!r} made an invalid plan: "
+                               + "; ".join(problems))
+
+    # ------------------------------------------------------------------ the chain
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._setup()
+        try:
+            done = self.trace.truncate_to_complete_campaigns()
+            self.store.restore(self.history().summaries)
+            global_step = sum(s.steps_run for s in self.history().summaries)
+            for k in range(done, cfg.chain.campaigns):
+                global_step = self._campaign(k, global_step)
+            final = self.trace.of_type("final")
+            if not final:
+                self._final()
+        finally:
+            if getattr(self, "_owns_grader", False):
+                self._grader.close()
+        result = build_result(cfg, self.trace.records)
+        write_json(self.dir / "result.json", result)
+        self.progress({"event": "done", "cell_id": cfg.cell_id, "result": result})
+        return result
+
+    def _campaign(self, k: int, global_step: int) -> int:
+        cfg = self.cfg
+        history = self.history()
+        plan = self.controller.plan(history)
+        self._check_plan(plan, history)
+        self.trace.append({"type": "plan", "campaign": k, **plan.to_dict()})
+        self.store.load_into(self.model, plan.start_from)
+
+        from harness.methods import EWCState, compute_loss, estimate_fisher, make_reference
+
+        # The reference for the KL penalty (and the kl_to_ref metric): chain start by default.
+        by_campaign = cfg.method.kl is not None and cfg.method.kl.reference == "campaign_start"
+        ref_model = make_reference(self.model) if by_campaign else self.store.reference("init")
+        ewc = None
+        if cfg.method.ewc is not None:
+            batches = []
+            for b in range(cfg.method.ewc.fisher_batches):
+                _, ro, _ = self._sample_and_grade(
+                    self._prompts(k, -1 - b), cfg.rollout.group_size, cfg.rollout.temperature,
+                    cfg.rollout.top_p, cfg.rollout.max_new_tokens,
+                    derive_seed(cfg.seed, "fisher", k, b))
+                batches.append(ro.to_batch(self.policy.tokenizer.pad_token_id,
+                                           device=self.policy.device))
+            fisher = estimate_fisher(self.model, batches, micro_batch=cfg.rollout.group_size,
+                                     temperature=max(cfg.rollout.temperature, 1e-5))
+            ewc = EWCState.from_model(self.model, fisher)
+        optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=plan.lr,
+            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+
+        t0 = time.perf_counter()
+        pass1, passes, _ = self.evaluate("eval", "eval", k, 0)
+        records = [self._record(k, 0, global_step, pass1, passes, None,
+                                {"eval": time.perf_counter() - t0})]
+        curve = [pass1]
+        self.store.mark_peak(self.model)
+        stopped = None
+        for step in range(1, plan.budget + 1):
+            ts = time.perf_counter()
+            tasks = self._prompts(k, step)
+            rewards, rollouts, tgen = self._sample_and_grade(
+                tasks, cfg.rollout.group_size, cfg.rollout.temperature, cfg.rollout.top_p,
+                cfg.rollout.max_new_tokens, derive_seed(cfg.seed, "train", k, step))
+            tu = time.perf_counter()
+            self.model.train()
+            batch = rollouts.to_batch(self.policy.tokenizer.pad_token_id,
+                                      device=self.policy.device)
+            reward_t = torch.tensor(rewards, dtype=torch.float32)
+            loss, metrics = compute_loss(cfg.method, self.model, batch, reward_t,
+                                         ref_model=ref_model, ewc=ewc,
+                                         temperature=max(cfg.rollout.temperature, 1e-5))
+            from harness.methods import optimizer_step
+
+            grad_norm = optimizer_step(self.model, optimizer, loss, cfg.optim.grad_clip)
+            te = time.perf_counter()
+            pass1, passes, _ = self.evaluate("eval", "eval", k, step)
+            tend = time.perf_counter()
+            train = {**metrics, "grad_norm": grad_norm,
+                     "train_reward": float(reward_t.mean()),
+                     "tokens_generated": int(batch["completion_mask"].sum())}
+            timing = {**tgen, "update": te - tu, "eval": tend - te, "step": tend - ts}
+            rec = self._record(k, step, global_step + step, pass1, passes, train, timing)
+            records.append(rec)
+            if pass1 > max(curve):
+                self.store.mark_peak(self.model)
+            curve.append(pass1)
+            stopped = self.controller.should_stop(records, history)
+            if stopped:
+                self.trace.append({"type": "stop", "campaign": k, "step": step,
+                                   "reason": stopped})
+                break
+        summary = summarise(k, curve, budget=plan.budget, start_from=plan.start_from,
+                            lr=plan.lr, collapse_threshold=cfg.chain.collapse_threshold,
+                            stopped_early=stopped)
+        self.store.finish_campaign(k, self.model, summary.peak)
+        self.trace.append({"type": "campaign", "campaign": k, **summary.to_dict(),
+                           "reason": plan.reason})
+        self.progress({"event": "campaign", "cell_id": cfg.cell_id, "summary":
+                       summary.to_dict()})
+        return global_step + summary.steps_run
+
+    def _record(self, k: int, step: int, global_step: int, pass1: float, passes: int,
+                train: dict[str, Any] | None, timing: dict[str, float]) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "type": "step", "campaign": k, "step": step, "global_step": global_step,
+            "eval_pass1": pass1, "eval_passes": passes,
+            "eval_samples": len(self.splits["eval"]) * self.cfg.eval.samples_per_task,
+            "time": timing,
+        }
+        for key in ("train_reward", "entropy", "kl_to_ref", "grad_norm", "completion_len",
+                    "zero_var_groups", "loss", "pg_loss", "kl_penalty", "ewc_penalty",
+                    "adv_mean", "tokens_generated"):
+            v = None if train is None else train.get(key)
+            rec[key] = None if isinstance(v, float) and not math.isfinite(v) else v
+        self.trace.append(rec)
+        self.progress({"event": "step", "cell_id": self.cfg.cell_id, "campaign": k,
+                       "step": step, "eval_pass1": pass1})
+        return rec
+
+    def _prompts(self, k: int, step: int) -> list[Any]:
+        import random
+
+        train = self.splits["train"]
+        rng = random.Random(derive_seed(self.cfg.seed, "prompts", k, step))
+        p = self.cfg.rollout.prompts_per_step
+        if p <= len(train):
+            return rng.sample(train, p)
+        return [rng.choice(train) for _ in range(p)]
+
+    def _final(self) -> None:
+        """Test-split pass@1 of the policy the controller would carry out of the chain."""
+        history = self.history()
+        plan = self.controller.plan(history)
+        self._check_plan(plan, history)
+        self.store.load_into(self.model, plan.start_from)
+        C = self.cfg.chain.campaigns
+        test1, test_passes, _ = self.evaluate("test", "test", C)
+        eval1, _, _ = self.evaluate("eval", "final-eval", C)
+        self.trace.append({"type": "final", "carried_from": plan.start_from,
+                           "reason": plan.reason, "pass1_test": test1,
+                           "test_passes": test_passes, "pass1_eval": eval1})
+
+
+def _summary_from(r: dict[str, Any]) -> Any:
+    from harness.controllers import CampaignSummary
+
+    fields = CampaignSummary.__dataclass_fields__
+    return CampaignSummary(**{k: r[k] for k in fields})
+
+
+def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """`result.json` of a cell (schema in README "Results")."""
+    campaigns = [{k: v for k, v in r.items() if k != "type"} for r in records
+                 if r["type"] == "campaign"]
+    decisions = [{k: v for k, v in r.items() if k != "type"} | {"kind": r["type"]}
+                 for r in records if r["type"] in ("plan", "stop")]
+    final = next((r for r in records if r["type"] == "final"), None)
+    steps = [r for r in records if r["type"] == "step"]
+    n = len(campaigns)
+    carryover = [campaigns[i]["start"] - campaigns[i - 1]["end"] for i in range(1, n)]
+    return {
+        "cell_id": cfg.cell_id,
+        "model": cfg.model.name, "method": cfg.method.arm, "controller": cfg.controller.arm,
+        "seed": cfg.seed,
+        "campaigns": campaigns,
+        "decisions": decisions,
+        "end_of_chain": None if final is None else {
+            "pass1_test": final["pass1_test"], "pass1_eval": final["pass1_eval"],
+            "carried_from": final["carried_from"]},
+        "aggregates": {
+            "mean_peak": sum(c["peak"] for c in campaigns) / n if n else None,
+            "mean_end": sum(c["end"] for c in campaigns) / n if n else None,
+            "mean_gap": sum(c["gap"] for c in campaigns) / n if n else None,
+            "collapse_rate": sum(c["collapsed"] for c in campaigns) / n if n else None,
+            "collapsed_campaigns": sum(c["collapsed"] for c in campaigns),
+            "carryover": carryover,
+            "total_steps": len([s for s in steps if s["step"] > 0]),
+        },
+    }

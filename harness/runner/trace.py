@@ -1,0 +1,86 @@
+"""The per-cell trace: append-only JSON lines, the source of truth for everything derived.
+
+Record types (field `type`):
+- `plan`: a controller's decision for campaign `campaign` (start_from, budget, lr, reason,
+  numbers);
+- `step`: one step of a campaign (step 0 = evaluation before any update), with the metrics
+  named in README "Trace records" and a `time` mapping (the only fields that vary between
+  identical runs);
+- `stop`: a controller stopped a campaign early (reason);
+- `campaign`: the summary of a finished campaign (DESIGN.md terms) — a campaign is complete
+  only once this line is written;
+- `final`: end-of-chain pass@1 on the test split (and the eval-split selection value).
+
+A crash loses at most the step in flight: every line is flushed and fsynced. On resume,
+lines after the last `campaign` record are dropped (that campaign re-runs from its start
+checkpoint and produces the same records).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+TIMING_KEYS = ("time",)
+
+
+class Trace:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = read_trace(path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise UserError(
+                f"cannot append to {self.path}: {e.strerror or e}; free disk space and re-run "
+                "(finished campaigns are kept and resume)") from None
+        self.records.append(record)
+
+    def truncate_to_complete_campaigns(self) -> int:
+        """Drop records of an unfinished campaign; return the number of finished campaigns."""
+        last = -1
+        for i, r in enumerate(self.records):
+            if r["type"] == "campaign":
+                last = i
+        keep = self.records[: last + 1]
+        if len(keep) != len(self.records):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in keep:
+                    f.write(json.dumps(r, sort_keys=True, allow_nan=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self.records = keep
+        return sum(1 for r in keep if r["type"] == "campaign")
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["type"] == kind]
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """All complete records of a trace (a torn last line from a crash is ignored)."""
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn write: the step in flight
+            out.append(json.loads(line))
+    return out
+
+
+def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+    """A record minus the fields that legitimately differ between identical runs."""
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
