@@ -93,14 +93,15 @@ def _fmt(x: float | None) -> str:
 def summary_table(results: dict[str, Any]) -> Table:
     t = Table(title=f"{results['spec']}@{results['version']}  "
                     f"spec_hash {results['spec_hash'][:12]}")
-    for col in ("cell", "status", "pass@1 test", "pass@1 eval", "mean peak", "mean gap",
-                "collapsed"):
+    for col in ("model", "method", "controller", "seed", "status", "test p@1", "eval p@1",
+                "mean peak", "mean gap", "collapsed"):
         t.add_column(col)
     for c in results["cells"]:
         eoc = c.get("end_of_chain") or {}
         agg = c.get("aggregates") or {}
         n = len(c.get("campaigns") or [])
-        t.add_row(c["cell_id"], c["status"], _fmt(eoc.get("pass1_test")),
+        t.add_row(c["model"], c["method"], c["controller"], str(c["seed"]), c["status"],
+                  _fmt(eoc.get("pass1_test")),
                   _fmt(eoc.get("pass1_eval")), _fmt(agg.get("mean_peak")),
                   _fmt(agg.get("mean_gap")),
                   f"{agg.get('collapsed_campaigns', 0)}/{n}" if n else "-")
@@ -144,7 +145,8 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Pa
                 elif ev["event"] == "exit":
                     prog.update(overall, advance=1)
                     if ev["returncode"]:
-                        failures[cid] = ev["error"]
+                        why = ev["error"]
+                        failures[cid] = why.removeprefix(f"cell {cid}: ")
                         prog.update(bars[cid], description=f"{cid}  [red]failed[/]")
 
             run_local(todo, jobs, on_event, threads_per_cell=threads)

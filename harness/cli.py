@@ -177,8 +177,12 @@ def run_cell(
         doc = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read cell config {cfg_path}: {e}") from None
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
+    import transformers
 
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", "1")))
     from harness.runner.cell import CellConfig, CellRunner
 

@@ -149,10 +149,13 @@ class CellRunner:
         t2 = time.perf_counter()
         flat = [1.0 if v.passed else 0.0 for v in verdicts]
         rewards = [flat[i * n:(i + 1) * n] for i in range(len(tasks))]
-        return rewards, rollouts, {"generate": t1 - t0, "grade": t2 - t1}
+        # generate: wall time of the rollout stage; model: the model's own generate() call
+        return rewards, rollouts, {"generate": t1 - t0, "grade": t2 - t1,
+                                   "model": rollouts.seconds}
 
     def evaluate(self, split: str, tag: str, *parts: Any) -> tuple[float, int, dict[str, float]]:
-        """Unbiased pass@1 (k=1): mean over tasks of passes / n. Returns (pass1, passes, t)."""
+        """Unbiased pass@1 (k=1): mean over tasks of passes / n. Returns (pass1, passes,
+        timings {generate, grade, model})."""
         e = self.cfg.eval
         tasks = self.splits[split]
         with torch.no_grad():
@@ -266,12 +269,16 @@ class CellRunner:
 
             grad_norm = optimizer_step(self.model, optimizer, loss, cfg.optim.grad_clip)
             te = time.perf_counter()
-            pass1, passes, _ = self.evaluate("eval", "eval", k, step)
+            pass1, passes, teval = self.evaluate("eval", "eval", k, step)
             tend = time.perf_counter()
             train = {**metrics, "grad_norm": grad_norm,
                      "train_reward": float(reward_t.mean()),
                      "tokens_generated": int(batch["completion_mask"].sum())}
-            timing = {**tgen, "update": te - tu, "eval": tend - te, "step": tend - ts}
+            # `model` = time inside the model (generation, forward/backward, optimizer step);
+            # everything else in `step` is the harness's overhead (grading included).
+            timing = {"generate": tgen["generate"], "grade": tgen["grade"], "update": te - tu,
+                      "eval": tend - te, "eval_grade": teval["grade"],
+                      "model": tgen["model"] + (te - tu) + teval["model"], "step": tend - ts}
             rec = self._record(k, step, global_step + step, pass1, passes, train, timing)
             records.append(rec)
             if pass1 > max(curve):

@@ -1,0 +1,83 @@
+"""Bad input to `harness bench` / `run-cell`: one clear error line, non-zero exit, nothing
+lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.runner.trace import Trace, read_trace
+
+SPEC = """\
+name: broken-model
+version: 1
+models: ["{model}"]
+chain: {{campaigns: 1, steps: 1}}
+tasks: {{train: 4, eval: 4, test: 4}}
+eval: {{samples_per_task: 1, max_new_tokens: 8}}
+rollout: {{group_size: 2, prompts_per_step: 2, max_new_tokens: 8}}
+grader: {{workers: 1}}
+"""
+
+
+def _harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_missing_local_model_fails_the_cell_with_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(model=str(tmp_path / "no-such-model")))
+    r = _harness("bench", str(spec), "--out", str(tmp_path / "run"))
+    assert r.returncode == 1
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out
+    assert "no-such-model" in errors[0] and "failed" in errors[0]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["cells"][0]["status"] == "failed"
+    assert "no-such-model" in results["cells"][0]["error"]
+
+
+def test_unknown_hub_model_offline(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(model="nobody-here/not-a-model"))
+    r = _harness("bench", str(spec), "--out", str(tmp_path / "run"))
+    assert r.returncode == 1
+    errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "nobody-here/not-a-model" in errors[0]
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_out_dir_of_another_spec_is_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(model="./m"))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "resolved_spec.json").write_text(json.dumps({"spec_hash": "0" * 64,
+                                                        "spec": {"name": "x", "version": 1}}))
+    r = _harness("bench", str(spec), "--out", str(out))
+    assert r.returncode == 1
+    assert r.stderr.startswith("error:") and "another spec hash" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_run_cell_without_config(tmp_path: Path) -> None:
+    r = _harness("run-cell", str(tmp_path))
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: cannot read cell config") and "Traceback" not in r.stderr
+
+
+def test_torn_trace_line_is_ignored_and_partial_campaign_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    lines = [{"type": "plan", "campaign": 0}, {"type": "step", "campaign": 0, "step": 0},
+             {"type": "campaign", "campaign": 0}, {"type": "plan", "campaign": 1},
+             {"type": "step", "campaign": 1, "step": 0}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"type": "st')
+    assert len(read_trace(path)) == 5
+    t = Trace(path)
+    assert t.truncate_to_complete_campaigns() == 1
+    assert [r["type"] for r in read_trace(path)] == ["plan", "step", "campaign"]
