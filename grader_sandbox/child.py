@@ -1,0 +1,573 @@
+"""What runs inside a confined child: the program runner and the assert-style judge.
+
+Everything here executes after the seccomp filter is loaded. The *program* child holds the
+program and the test inputs, never the expected values: it sends raw results (plain data) and the
+worker compares. For the ``assert`` style the test code runs in a second confined child, the
+*judge*, which never executes a byte of the program: it calls the program's functions through a
+pipe (arguments and return values cross as plain data), so nothing the program does to its own
+interpreter (patching builtins, the test function, ``__eq__``, exiting early) reaches the check.
+
+Descriptor layout (arranged before confinement):
+  program: 0 stdin, 1 stdout, 2 stderr, 3 results to the worker, 4 calls in, 5 replies out
+  judge:   0-2 /dev/null, 3 results to the worker, 4 replies in, 5 calls out
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import io
+import json
+import os
+import sys
+import threading
+import time
+import types
+from typing import Any, NoReturn
+
+from grader_sandbox.codec import (
+    FrameReader,
+    NotPlainData,
+    from_plain,
+    pack,
+    to_plain,
+    write_frame,
+)
+
+RESULT_FD = 3
+IN_FD = 4
+OUT_FD = 5
+_MAX_NAME = 100
+
+# Exceptions the judge may re-raise by name when the program raised them.
+_REMOTE_OK = {
+    name
+    for name, obj in vars(builtins).items()
+    if isinstance(obj, type)
+    and issubclass(obj, Exception)
+    and not issubclass(obj, (StopIteration, StopAsyncIteration))
+}
+
+
+def _exc_name(exc: BaseException) -> str:
+    name = type(exc).__name__
+    return name[:_MAX_NAME] if isinstance(name, str) else "Exception"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _send(msg: dict[str, Any]) -> None:
+    write_frame(RESULT_FD, msg)
+
+
+def _compile(code: str) -> types.CodeType:
+    return compile(code, "<solution>", "exec", dont_inherit=True)
+
+
+def _join_program_threads(main: threading.Thread) -> None:
+    for th in threading.enumerate():
+        if th is not main and not th.daemon:
+            th.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# program child
+
+
+def run_program(spec: dict[str, Any]) -> NoReturn:
+    style = spec["style"]
+    try:
+        if style == "call":
+            _program_call(spec)
+        elif style == "stdio":
+            _program_stdio(spec)
+        else:
+            _program_assert(spec)
+    finally:
+        os._exit(0)
+
+
+def _fresh_namespace(name: str) -> dict[str, Any]:
+    return {"__name__": name, "__builtins__": builtins, "__file__": "solution.py"}
+
+
+def _program_call(spec: dict[str, Any]) -> None:
+    ns = _fresh_namespace("solution")
+    try:
+        exec(_compile(spec["code"]), ns)
+        fn = ns[spec["entry_point"]]
+    except BaseException as exc:
+        _send({"load_error": _exc_name(exc)})
+        return
+    limit = int(spec["limits"]["output_bytes"])
+    # Results go out together unless the tests are slow: one wake-up of the worker instead of
+    # one per test, while a sample that times out still reports the tests it finished.
+    pending: list[bytes] = []
+    last = time.monotonic()
+    for i, test in enumerate(spec["tests"]):
+        try:
+            args = from_plain(test["args"])
+            kwargs = from_plain(test["kwargs"])
+            frame = pack({"i": i, "value": to_plain(fn(*args, **kwargs))})
+        except NotPlainData:
+            frame = pack({"i": i, "error": "NotPlainData"})
+        except BaseException as exc:
+            frame = pack({"i": i, "error": _exc_name(exc)})
+        if len(frame) > limit:
+            frame = pack({"i": i, "error": "OutputLimit"})
+        pending.append(frame)
+        now = time.monotonic()
+        if now - last > 0.02:
+            _write_all(RESULT_FD, b"".join(pending))
+            pending.clear()
+            last = now
+    if pending:
+        _write_all(RESULT_FD, b"".join(pending))
+
+
+def _program_stdio(spec: dict[str, Any]) -> None:
+    try:
+        code = _compile(spec["code"])
+    except BaseException as exc:
+        _send({"load_error": _exc_name(exc)})
+        return
+    limit = int(spec["output_bytes"])
+    main = threading.current_thread()
+    for i in range(int(spec["n_tests"])):
+        fd_in = os.open(os.path.join(spec["inputs_dir"], str(i)), os.O_RDONLY)
+        os.dup2(fd_in, 0)
+        os.close(fd_in)
+        fd_out = os.memfd_create(f"stdout{i}")
+        os.dup2(fd_out, 1)
+        sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        out = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = out
+        error = None
+        try:
+            exec(code, _fresh_namespace("__main__"))
+            _join_program_threads(main)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                error = "SystemExit"
+        except BaseException as exc:
+            error = _exc_name(exc)
+        for stream in (out, sys.stdout):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        data = os.pread(fd_out, limit, 0)
+        os.close(fd_out)
+        msg: dict[str, Any] = {"i": i, "stdout": data.decode("utf-8", "replace"),
+                               "truncated": len(data) >= limit}
+        if error is not None:
+            msg["error"] = error
+        _send(msg)
+
+
+def _exports(ns: dict[str, Any]) -> dict[str, Any]:
+    """The program's top-level names the test code may use, as plain descriptions."""
+    out: dict[str, Any] = {}
+    for name, obj in list(ns.items()):
+        if not isinstance(name, str) or name.startswith("__") or hasattr(builtins, name):
+            continue
+        if isinstance(obj, types.ModuleType):
+            mod_name = getattr(obj, "__name__", None)
+            if isinstance(mod_name, str):
+                out[name] = {"module": mod_name}
+        elif callable(obj):
+            out[name] = {"callable": True}
+        else:
+            with contextlib.suppress(NotPlainData, RecursionError):
+                out[name] = {"value": to_plain(obj)}
+    return out
+
+
+def _program_assert(spec: dict[str, Any]) -> None:
+    ns = _fresh_namespace("solution")
+    try:
+        exec(_compile(spec["code"]), ns)
+        write_frame(OUT_FD, {"exports": _exports(ns)})
+    except BaseException as exc:
+        write_frame(OUT_FD, {"load_error": _exc_name(exc)})
+        return
+    calls = FrameReader(IN_FD, max_bytes=64 << 20)
+    while True:
+        req = calls.read()
+        if req is None:
+            return
+        if "batch" in req:
+            write_frame(OUT_FD, {"batch": [_serve_call(ns, r) for r in req["batch"]]})
+        else:
+            write_frame(OUT_FD, _serve_call(ns, req))
+
+
+def _serve_call(ns: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    try:
+        fn = ns[req["call"]]
+        args = from_plain(req["args"])
+        kwargs = from_plain(req["kwargs"])
+        return {"value": to_plain(fn(*args, **kwargs))}
+    except NotPlainData as exc:
+        return {"error": "NotPlainData", "msg": str(exc)}
+    except BaseException as exc:
+        try:
+            msg = str(exc)[:500]
+        except BaseException:
+            msg = ""
+        return {"error": _exc_name(exc), "msg": msg if isinstance(msg, str) else ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# judge child (assert style)
+
+
+class ProtocolViolation(Exception):
+    """The program side of the call pipe sent something that is not a valid reply."""
+
+
+class EarlyExit(Exception):
+    """The program's process ended before the tests were done."""
+
+
+class RemoteError(Exception):
+    """The candidate raised an exception that is not a builtin exception type."""
+
+
+PREFETCH = True  # batch the tests' literal calls into one round trip (see _prefetch)
+_replies: FrameReader | None = None  # the current job's reader of the program's replies
+# Replies fetched ahead for the calls the tests are about to make, in order (see _prefetch).
+_prefetched: list[tuple[str, tuple[list[Any], dict[str, Any]], Any]] = []
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of exactly the same types all the way down (1 is not 1.0 nor True)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if type(a) is float:
+        return a == b or (a != a and b != b)
+    return bool(a == b)
+
+
+def _read_reply() -> Any:
+    assert _replies is not None
+    try:
+        reply = _replies.read()
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolViolation(str(exc)) from None
+    if reply is None:
+        raise EarlyExit("the program exited during a call")
+    if not isinstance(reply, dict):
+        raise ProtocolViolation("reply is not an object")
+    return reply
+
+
+def _unpack_reply(reply: Any) -> Any:
+    if not isinstance(reply, dict):
+        raise ProtocolViolation("reply is not an object")
+    if "value" in reply:
+        try:
+            return from_plain(reply["value"])
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolViolation(str(exc)) from None
+    error = reply.get("error")
+    msg = reply.get("msg") if isinstance(reply.get("msg"), str) else ""
+    if error == "NotPlainData":
+        raise NotPlainData(msg)
+    if error in _REMOTE_OK:
+        raise getattr(builtins, error)(msg)
+    if isinstance(error, str):
+        raise RemoteError(f"{error[:_MAX_NAME]}: {msg}")
+    raise ProtocolViolation("reply has neither value nor error")
+
+
+def _remote_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _prefetched:
+        _, (want_args, want_kwargs), reply = _prefetched[0]
+        if _same(list(args), want_args) and _same(kwargs, want_kwargs):
+            del _prefetched[0]
+            return _unpack_reply(reply)
+        _prefetched.clear()  # the tests went another way: back to one call at a time
+    write_frame(OUT_FD, {"call": name, "args": to_plain(list(args)), "kwargs": to_plain(kwargs)})
+    return _unpack_reply(_read_reply())
+
+
+def _literal_calls(stmts: list[ast.stmt], callee: str, others: set[str]) -> list[Any]:
+    """The calls ``callee(<literals>)`` that the straight-line statements ``stmts`` make, in
+    evaluation order, up to the first statement whose calls cannot be known in advance (a
+    loop, a branch, a non-literal argument, a call to another of the program's functions)."""
+    out: list[Any] = []
+
+    def visit(node: ast.AST) -> bool:
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+                             ast.GeneratorExp, ast.IfExp, ast.BoolOp, ast.NamedExpr,
+                             ast.Await, ast.Yield, ast.YieldFrom)):
+            # Evaluated conditionally or repeatedly: its calls cannot be listed in advance.
+            return not _mentions(node, callee, others)
+        if isinstance(node, ast.Assert):
+            # The message is evaluated only when the assert fails.
+            return visit(node.test) and (node.msg is None
+                                         or not _mentions(node.msg, callee, others))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in others:
+                return False
+            if node.func.id == callee:
+                try:
+                    args = [ast.literal_eval(a) for a in node.args]
+                    kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    return False
+                if any(k is None for k in kwargs) or any(
+                        isinstance(a, ast.Starred) for a in node.args):
+                    return False
+                out.append((callee, args, kwargs))
+                return True
+        return all(visit(child) for child in ast.iter_child_nodes(node))
+
+    for stmt in stmts:
+        if not isinstance(stmt, (ast.Assert, ast.Expr, ast.Assign, ast.AnnAssign,
+                                 ast.AugAssign, ast.Pass, ast.Import, ast.ImportFrom)):
+            break
+        if not visit(stmt):
+            break
+    return out
+
+
+def _mentions(node: ast.AST, callee: str, others: set[str]) -> bool:
+    return any(isinstance(n, ast.Name) and (n.id == callee or n.id in others)
+               for n in ast.walk(node))
+
+
+_Plan = tuple[bytes, list[tuple[list[Any], dict[str, Any]]]] | None
+_PLANS: dict[tuple[str, str, str, frozenset[str]], _Plan] = {}
+
+
+def _plan(test_code: str, stmts: list[ast.stmt], callee: str, entry_point: str,
+          others: set[str]) -> _Plan:
+    """The batch request frame and the call keys for the tests' literal calls (cached)."""
+    cache_key = (test_code, callee, entry_point, frozenset(others))
+    if cache_key in _PLANS:
+        return _PLANS[cache_key]
+    calls = [(entry_point, a, k) for _, a, k in _literal_calls(stmts, callee, others)]
+    plan: _Plan = None
+    if len(calls) >= 2:
+        try:
+            batch = [{"call": n, "args": to_plain(a), "kwargs": to_plain(k)}
+                     for n, a, k in calls]
+            plan = (pack({"batch": batch}), [(list(a), dict(k)) for _, a, k in calls])
+        except (NotPlainData, RecursionError, TypeError, ValueError):
+            plan = None
+    if len(_PLANS) >= 512:
+        _PLANS.clear()
+    _PLANS[cache_key] = plan
+    return plan
+
+
+def _prefetch(plan: _Plan) -> None:
+    """Ask for the results of the planned calls in one round trip instead of one per call.
+
+    The program runs them in the same order the tests would; the judge hands each result
+    out only when the tests make exactly that call next, and drops the rest at the first
+    difference. A test that fails early therefore also ran its later literal calls; for the
+    binary verdict this changes nothing (a hang or crash there is still "not passed")."""
+    _prefetched.clear()
+    if plan is None or not PREFETCH:
+        return
+    frame, keys = plan
+    view = memoryview(frame)
+    while view:
+        view = view[os.write(OUT_FD, view) :]
+    replies = _read_reply().get("batch")
+    if not isinstance(replies, list) or len(replies) != len(keys):
+        raise ProtocolViolation("bad batch reply")
+    _prefetched.extend(("", key, r) for key, r in zip(keys, replies, strict=True))
+
+
+class RemoteFunction:
+    """Stands for one of the program's functions in the judge; calls cross as plain data."""
+
+    def __init__(self, name: str) -> None:
+        self.__name__ = name
+        self.__qualname__ = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _remote_call(self.__name__, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<function {self.__name__}>"
+
+
+def _judge_namespace(exports: Any) -> dict[str, Any]:
+    import importlib
+
+    ns: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins}
+    if not isinstance(exports, dict):
+        raise ProtocolViolation("exports is not an object")
+    for name, info in exports.items():
+        if not isinstance(name, str) or not name.isidentifier() or not isinstance(info, dict):
+            raise ProtocolViolation("bad export")
+        if info.get("callable") is True:
+            ns[name] = RemoteFunction(name)
+        elif "value" in info:
+            try:
+                ns[name] = from_plain(info["value"])
+            except (ValueError, RecursionError):
+                raise ProtocolViolation("bad exported value") from None
+        elif isinstance(info.get("module"), str):
+            try:
+                ns[name] = importlib.import_module(info["module"])
+            except BaseException:
+                continue
+    return ns
+
+
+def run_judge_server(ctl_fd: int) -> NoReturn:
+    """The judge's loop: one job per message on its control socket, for many samples.
+
+    A job message carries the test code and entry point, with two descriptors: the program's
+    reply pipe (read end) and its call pipe (write end). They become descriptors 4 and 5 for
+    the job and are closed after it, so the program child sees EOF when the tests are done.
+    The judge never runs program code, so it can outlive samples; the worker replaces it after
+    any sample that timed out or ended abnormally.
+    """
+    import fcntl
+    import socket
+
+    ctl = socket.socket(fileno=ctl_fd)
+    try:
+        while True:
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 2)
+            if not msg or len(fds) != 2:
+                return
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16) for fd in fds]
+            for fd in fds:
+                os.close(fd)
+            os.dup2(high[0], IN_FD)
+            os.dup2(high[1], OUT_FD)
+            for fd in high:
+                os.close(fd)
+            job = json.loads(msg)
+            result: dict[str, Any] = {"done": True, "passed": 0, "total": 1, "error": None}
+            try:
+                _judge(job["test_code"], job["entry_point"], result)
+            except BaseException as exc:  # a bug here must still report
+                result["error"] = result["error"] or _exc_name(exc)
+            os.close(IN_FD)
+            os.close(OUT_FD)
+            ctl.send(json.dumps(result).encode())
+    finally:
+        os._exit(0)
+
+
+_Compiled = tuple[types.CodeType | None, list[tuple[bool, types.CodeType]], ast.Module]
+_COMPILED: dict[str, _Compiled] = {}
+
+
+def _compiled_tests(test_code: str) -> _Compiled:
+    """(whole module, None) when the tests define ``check``; else one code object per
+    top-level statement, flagged when it is an assert. Cached: RL grades each problem's tests
+    many times, and the judge outlives samples."""
+    hit = _COMPILED.get(test_code)
+    if hit is not None:
+        return hit
+    tree = ast.parse(test_code, "<tests>")
+    has_check = any(
+        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "check"
+        for node in tree.body
+    )
+    if has_check:
+        out: _Compiled = (compile(tree, "<tests>", "exec", dont_inherit=True), [], tree)
+    else:
+        out = (None, [
+            (isinstance(node, ast.Assert),
+             compile(ast.Module(body=[node], type_ignores=[]), "<tests>", "exec",
+                     dont_inherit=True))
+            for node in tree.body
+        ], tree)
+    if len(_COMPILED) >= 512:
+        _COMPILED.clear()
+    _COMPILED[test_code] = out
+    return out
+
+
+def _judge(test_code: str, entry_point: str, result: dict[str, Any]) -> None:
+    global _replies
+    _replies = FrameReader(IN_FD, max_bytes=64 << 20)
+    try:
+        first = _replies.read()
+    except (ValueError, RecursionError):
+        result["error"] = "ProtocolViolation"
+        return
+    if first is None:
+        result["error"] = "EarlyExit"
+        return
+    if not isinstance(first, dict):
+        result["error"] = "ProtocolViolation"
+        return
+    if "load_error" in first:
+        result["error"] = str(first["load_error"])[:_MAX_NAME]
+        return
+    try:
+        ns = _judge_namespace(first.get("exports"))
+    except ProtocolViolation:
+        result["error"] = "ProtocolViolation"
+        return
+    whole, parts, tree = _compiled_tests(test_code)
+    others = {name for name, obj in ns.items()
+              if isinstance(obj, RemoteFunction) and name != entry_point}
+    if whole is not None:
+        result["total"] = 1
+        try:
+            check = next(node for node in tree.body
+                         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                         and node.name == "check")
+            if check.args.args and isinstance(check, ast.FunctionDef):
+                param = check.args.args[0].arg
+                _prefetch(_plan(test_code, check.body, param, entry_point,
+                                others | {entry_point}))
+            exec(whole, ns)
+            candidate = ns.get(entry_point)
+            if not isinstance(candidate, RemoteFunction):
+                raise NameError(f"name {entry_point!r} is not a function of the program")
+            ns["check"](candidate)
+            result["passed"] = 1
+        except AssertionError:
+            result["failed_assert"] = True
+        except BaseException as exc:
+            result["error"] = _exc_name(exc)
+        return
+    # Plain assert lines: each top-level assert is one test; other statements are setup.
+    result["total"] = sum(1 for is_assert, _ in parts if is_assert)
+    try:
+        _prefetch(_plan(test_code, tree.body, entry_point, entry_point, others))
+    except (EarlyExit, ProtocolViolation) as exc:
+        result["error"] = _exc_name(exc)
+        return
+    for is_assert, code in parts:
+        try:
+            exec(code, ns)
+            if is_assert:
+                result["passed"] += 1
+        except AssertionError:
+            result.setdefault("failed_assert", True)
+        except BaseException as exc:
+            if result["error"] is None:
+                result["error"] = _exc_name(exc)
+            if not is_assert:
+                return  # setup failed: later asserts cannot be meaningful
+            if isinstance(exc, (EarlyExit, ProtocolViolation)):
+                return
+
+
+def quiet_stdio() -> None:
+    """Point the judge's Python-level streams at its /dev/null descriptors."""
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False))
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False))

@@ -1,0 +1,690 @@
+"""The grader worker: ``python -m grader_sandbox.worker`` (started by the pool, never forked).
+
+At start the worker enters its namespaces (see isolation.py), builds the seccomp filter,
+preloads the modules programs commonly import, and forks a *template* process. Per sample the
+template forks the program child; the template only ever receives the program and the test
+inputs, never expected values or test code, so no sandboxed program's memory (not even freed
+memory) holds an answer. The worker itself keeps the expected values, forks the judge for
+``assert``-style samples, enforces the wall-clock limit (SIGKILL to the whole process group),
+caps the output it reads, reaps everything, removes the sample's directory and compares.
+
+Protocol with the pool (stdin/stdout of the worker): frames of JSON (see codec.py).
+  worker -> pool: {"ready": true, "isolation": {...}} or {"error": "one line"} at start
+  pool -> worker: a validated request (schema.validate_request); worker -> pool: a verdict dict
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from typing import Any
+
+from grader_sandbox import child as child_mod
+from grader_sandbox.codec import (
+    FrameBuffer,
+    FrameError,
+    OutputLimitError,
+    from_plain,
+    read_frame,
+    to_plain,
+    write_frame,
+)
+from grader_sandbox.compare import stdout_matches, values_equal
+from grader_sandbox.confine import (
+    PR_SET_DUMPABLE,
+    arrange_fds,
+    confine,
+    prepare_template,
+)
+from grader_sandbox.isolation import (
+    IsolationError,
+    SeccompFilters,
+    WorkerIsolation,
+    build_seccomp_filters,
+    describe_signal,
+    safe_rmtree,
+    setup_worker,
+)
+
+# Imported once by the template (and the worker, for the judge) so that children find them
+# loaded: what model-written solutions import most. Each one costs every fork a little.
+PRELOAD = ["bisect", "collections", "copy", "functools", "heapq", "itertools", "math",
+           "operator", "re", "string", "typing"]
+
+SETUP_FAILED_CODES = (70, 71)
+_CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+              "HOME": "/", "TMPDIR": "/"}
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# one sample
+
+
+def _remove_sample_dir(root: str) -> None:
+    """Most samples leave their directory empty: two rmdirs; otherwise a careful rmtree."""
+    try:
+        os.rmdir(os.path.join(root, "work"))
+        os.rmdir(root)
+    except OSError:
+        safe_rmtree(root)
+
+
+class _Key:
+    __slots__ = ("data", "fd")
+
+    def __init__(self, fd: int, data: str) -> None:
+        self.fd, self.data = fd, data
+
+
+class _Poller:
+    """The part of selectors' interface used here, on one poll(2) object: cheaper per sample
+    than creating, filling and closing an epoll instance."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._keys: dict[int, _Key] = {}
+
+    def register(self, fd: Any, _events: int, data: str) -> None:
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        self._poll.register(fd, select.POLLIN)
+        self._keys[fd] = _Key(fd, data)
+
+    def unregister(self, fd: int) -> None:
+        if self._keys.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
+    def select(self, timeout: float) -> list[tuple[_Key, int]]:
+        events = self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+        return [(self._keys[fd], ev) for fd, ev in events if fd in self._keys]
+
+    def close(self) -> None:
+        for fd in list(self._keys):
+            self.unregister(fd)
+
+
+class _Proc:
+    """A sandboxed child as the worker sees it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.status: int | None = None
+        self.cpu = 0.0
+        self.faults = 0
+        self.killed = False
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.pidfd = None
+
+    def alive(self) -> bool:
+        if self.status is not None or self.pidfd is None:
+            return False
+        r, _, _ = select.select([self.pidfd], [], [], 0)
+        return not r
+
+    def kill(self) -> None:
+        if self.alive():
+            self.killed = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def reap(self, block: bool = True) -> bool:
+        """Collect the exit status of this child of ours; False if it is still running."""
+        if self.status is not None:
+            return True
+        try:
+            pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False
+        self.status, self.cpu, self.faults = status, usage.ru_utime + usage.ru_stime, usage.ru_minflt
+        return True
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def signal_name(self) -> str | None:
+        if self.status is not None and os.WIFSIGNALED(self.status):
+            return describe_signal(os.WTERMSIG(self.status))
+        return None
+
+
+_JUDGE_LIMITS = {"timeout_s": 3600.0, "memory_mb": 1024, "output_bytes": 1 << 16}
+_JUDGE_MAX_JOBS = 500  # replace the judge now and then so no state accumulates for long
+
+
+class _Judge:
+    """The long-lived, confined judge process (assert style); a child of the worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.sock, jsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                arrange_fds([worker.devnull, worker.devnull, worker.devnull, jsock.fileno()])
+                prepare_template(_CHILD_ENV)
+                confine(workdir=worker.iso.scratch, limits=_JUDGE_LIMITS,
+                        uid=worker.iso.judge_uid, drop_caps=worker.iso.drop_caps,
+                        seccomp_filter=worker.judge_flt, parent_pid=worker.my_pid,
+                        cpu_limit=False)
+                child_mod.quiet_stdio()
+            except BaseException:
+                os._exit(71)
+            child_mod.run_judge_server(3)
+        jsock.close()
+        self.proc = _Proc(pid)
+        self.jobs = 0
+
+    def usable(self) -> bool:
+        return self.proc.alive() and self.jobs < _JUDGE_MAX_JOBS
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.proc.pid, 0)
+        self.proc.close()
+
+
+class Worker:
+    def __init__(self, iso: WorkerIsolation, filters: SeccompFilters) -> None:
+        self.iso = iso
+        self.filters = filters
+        self.judge_flt = filters.judge
+        self.my_pid = os.getpid()
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.template = self._start_template()
+        self.template_pid = self.template.pid
+        self.counter = 0
+        self.judge: _Judge | None = None
+        # A program child we SIGKILLed once its results were in: its exit report and its
+        # directory are collected before the next sample starts, off the critical path.
+        self._pending: tuple[_Proc, str] | None = None
+
+    def _start_template(self) -> subprocess.Popen[bytes]:
+        """Start the lean template interpreter and hand it the filter and the uid to use."""
+        self.sock, tsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from grader_sandbox.template import main; main(int(sys.argv[2]))")
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", code, pkg_parent, str(tsock.fileno())],
+            pass_fds=(tsock.fileno(),), stdin=self.devnull, cwd="/", close_fds=True,
+        )
+        tsock.close()
+        bpfs = []
+        for prog in (self.filters.template, self.filters.program_delta):
+            fd = os.memfd_create("bpf", os.MFD_CLOEXEC)
+            os.write(fd, prog.code)
+            bpfs.append(fd)
+        config = {"uid": self.iso.sandbox_uid, "drop_caps": self.iso.drop_caps,
+                  "env": _CHILD_ENV, "preload": PRELOAD}
+        socket.send_fds(self.sock, [json.dumps(config).encode()], bpfs)
+        for fd in bpfs:
+            os.close(fd)
+        if self.sock.recv(4096) != b'{"ready": true}':
+            raise IsolationError("the template process failed to start; see stderr")
+        return proc
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _template_message(self) -> dict[str, Any]:
+        msg = json.loads(self.sock.recv(4096))
+        if not isinstance(msg, dict):
+            raise RuntimeError("bad message from the template process")
+        return msg
+
+    def settle(self) -> None:
+        """Wait for the previous program child's exit report and remove its directory."""
+        if self._pending is None:
+            return
+        prog, root = self._pending
+        self._pending = None
+        prog.reap()
+        prog.close()
+        _remove_sample_dir(root)
+
+    def _get_judge(self) -> _Judge:
+        if self.judge is not None and not self.judge.usable():
+            self.judge.stop()
+            self.judge = None
+        if self.judge is None:
+            self.judge = _Judge(self)
+        return self.judge
+
+    def _sample_dirs(self, req: dict[str, Any]) -> tuple[str, str]:
+        self.counter += 1
+        # The scratch tmpfs is the worker's own (its mount namespace): plain names will do.
+        root = os.path.join(self.iso.scratch, f"s{self.counter}")
+        try:
+            os.mkdir(root, 0o755)
+        except FileExistsError:
+            root = tempfile.mkdtemp(prefix=f"s{self.counter}-", dir=self.iso.scratch)
+        os.chmod(root, 0o755)
+        work = os.path.join(root, "work")
+        os.mkdir(work, 0o700)
+        if self.iso.sandbox_uid is not None:
+            os.chown(work, self.iso.sandbox_uid, self.iso.sandbox_uid)
+        if req["style"] == "stdio":
+            ind = os.path.join(root, "in")
+            os.mkdir(ind, 0o755)
+            for i, test in enumerate(req["tests"]):
+                with open(os.path.join(ind, str(i)), "w", encoding="utf-8") as fh:
+                    fh.write(test["input"])
+        return root, work
+
+    @staticmethod
+    def _public_spec(req: dict[str, Any]) -> dict[str, Any]:
+        """What the program child may know: never expected outputs, never the test code."""
+        spec: dict[str, Any] = {"style": req["style"], "code": req["code"],
+                                "limits": req["limits"]}
+        if req["style"] == "call":
+            spec["entry_point"] = req["entry_point"]
+            spec["tests"] = [
+                {"args": to_plain(t["args"]), "kwargs": to_plain(t["kwargs"])}
+                for t in req["tests"]
+            ]
+        elif req["style"] == "stdio":
+            spec["n_tests"] = len(req["tests"])
+            spec["inputs_dir"] = "../in"  # relative: the scratch parents are not searchable
+            spec["output_bytes"] = req["limits"]["output_bytes"]
+        else:
+            spec["entry_point"] = req["entry_point"]
+        return spec
+
+    # -- grading ---------------------------------------------------------------------------
+
+    def grade(self, req: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        self.settle()
+        limits = req["limits"]
+        deadline = t0 + float(limits["timeout_s"])
+        style = req["style"]
+        root, work = self._sample_dirs(req)
+        run = _Run(req)
+        try:
+            self._start_children(req, root, work, run)
+            self._supervise(run, deadline)
+        finally:
+            run.close_fds()
+            if run.judge_broken and self.judge is not None:
+                self.judge.stop()
+                self.judge = None
+            prog = run.prog
+            if prog is not None and run.deferred:
+                self._pending = (prog, root)
+            else:
+                if prog is not None:
+                    prog.kill()
+                    prog.reap()
+                    prog.close()
+                _remove_sample_dir(root)
+        verdict = self._verdict(req, run)
+        verdict["wall_s"] = round(time.monotonic() - t0, 6)
+        del style
+        return verdict
+
+    def _start_children(self, req: dict[str, Any], root: str, work: str, run: _Run) -> None:
+        style = req["style"]
+        res_r, res_w = run.pipe()
+        con_r, con_w = run.pipe()
+        run.res_r, run.con_r = res_r, con_r
+        call_r = reply_w = self.devnull
+        if style == "assert":
+            call_r, call_w = run.pipe()  # judge -> program
+            reply_r, reply_w = run.pipe()  # program -> judge
+        spec_fd = os.memfd_create("spec", os.MFD_CLOEXEC)
+        run.opened.append(spec_fd)
+        os.write(spec_fd, json.dumps(self._public_spec(req)).encode())
+        socket.send_fds(self.sock, [json.dumps({"workdir": work}).encode()],
+                        [spec_fd, self.devnull, con_w, con_w, res_w, call_r, reply_w])
+        run.close(spec_fd, con_w, res_w)
+        run.prog = _Proc(self._template_message()["pid"])
+        if style == "assert":
+            run.close(call_r, reply_w)
+            judge = self._get_judge()
+            job = {"test_code": req["test_code"], "entry_point": req["entry_point"]}
+            try:
+                socket.send_fds(judge.sock, [json.dumps(job).encode()], [reply_r, call_w])
+            except OSError:
+                run.judge_broken = True
+            judge.jobs += 1
+            run.judge = judge
+            run.close(reply_r, call_w)
+
+    def _supervise(self, run: _Run, deadline: float) -> None:
+        """Collect results until complete, the deadline, or the children's end."""
+        req, prog, judge = run.req, run.prog, run.judge
+        assert prog is not None
+        out_cap = int(req["limits"]["output_bytes"])
+        n_tests = len(req["tests"]) if req["style"] != "assert" else 0
+        # The program child never writes a frame whose payload exceeds out_cap (JSON escaping
+        # may grow it up to 6x): a larger declared frame is forged.
+        results = FrameBuffer(max_total=8 * out_cap * (n_tests + 1) + (1 << 20),
+                              max_frame=8 * out_cap + (1 << 16))
+        sel = _Poller()
+        sel.register(run.res_r, selectors.EVENT_READ, "res")
+        sel.register(run.con_r, selectors.EVENT_READ, "con")
+        if prog.pidfd is not None:
+            sel.register(prog.pidfd, selectors.EVENT_READ, "pexit")
+        else:
+            prog.reap()
+        if judge is not None and not run.judge_broken:
+            sel.register(judge.sock, selectors.EVENT_READ, "judge")
+            if judge.proc.pidfd is not None:
+                sel.register(judge.proc.pidfd, selectors.EVENT_READ, "jexit")
+        res_open = True
+
+        def stop_all() -> None:
+            prog.kill()
+            if judge is not None and run.judge_result is None:
+                run.judge_broken = True  # killed mid-job: it cannot be reused
+                judge.proc.kill()
+
+        try:
+            while True:
+                if run.complete():
+                    if prog.status is None:
+                        prog.kill()  # everything needed is in; do not wait for stragglers
+                        run.deferred = True
+                    return
+                if prog.status is not None and not res_open and (
+                        judge is None or run.judge_broken or run.judge_result is not None):
+                    return
+                now = time.monotonic()
+                if now >= deadline and not run.timed_out:
+                    run.timed_out = True
+                    stop_all()
+                wait = 1.0 if run.timed_out else max(0.0, deadline - now)
+                for key, _ in sel.select(timeout=wait):
+                    tag = key.data
+                    if tag == "pexit":
+                        prog.reap()
+                        sel.unregister(key.fd)
+                    elif tag == "judge":
+                        try:
+                            raw = judge.sock.recv(1 << 16)  # type: ignore[union-attr]
+                            run.judge_result = json.loads(raw) if raw else None
+                        except (OSError, ValueError):
+                            raw = b""
+                        if not raw:
+                            run.judge_broken = True
+                        sel.unregister(key.fd)
+                    elif tag == "jexit":
+                        run.judge_broken = run.judge_result is None
+                        sel.unregister(key.fd)
+                    elif tag == "con":
+                        data = os.read(key.fd, 1 << 16)
+                        run.console += len(data)
+                        if not data or run.console > out_cap:
+                            if data:
+                                run.output_limit = True
+                                stop_all()
+                            sel.unregister(key.fd)
+                    else:  # results
+                        data = os.read(key.fd, 1 << 16)
+                        if not data:
+                            res_open = False
+                            sel.unregister(key.fd)
+                            if results.pending and not run.complete():
+                                run.protocol = True  # a torn or forged frame
+                            continue
+                        try:
+                            frames = results.feed(data)
+                        except FrameError as exc:
+                            if isinstance(exc, OutputLimitError):
+                                run.output_limit = True
+                            else:
+                                run.protocol = True
+                            stop_all()
+                            res_open = False
+                            sel.unregister(key.fd)
+                            continue
+                        for frame in frames:
+                            self._take_result(req, frame, run)
+                        if run.protocol:
+                            stop_all()
+        finally:
+            sel.close()
+
+    def _take_result(self, req: dict[str, Any], frame: Any, run: _Run) -> None:
+        if not isinstance(frame, dict):
+            run.protocol = True
+            return
+        if "load_error" in frame and req["style"] != "assert" and run.load_error is None:
+            run.load_error = str(frame["load_error"])[:100]
+            return
+        i = frame.get("i")
+        if (req["style"] == "assert" or type(i) is not int or not 0 <= i < len(req["tests"])
+                or i in run.results):
+            run.protocol = True  # nothing legitimate writes twice or out of range
+            return
+        run.results[i] = frame
+
+    @staticmethod
+    def _test_outcome(req: dict[str, Any], i: int, frame: dict[str, Any]) -> str | None:
+        """None when test i passed, "failed" when wrong, else the error type."""
+        test = req["tests"][i]
+        tol = req["compare"]["float_tol"]
+        if req["style"] == "call":
+            if "error" in frame:
+                return str(frame["error"])[:100]
+            try:
+                value = from_plain(frame.get("value"))
+            except (ValueError, RecursionError):
+                return "ProtocolViolation"
+            return None if values_equal(value, test["expected"], tol) else "failed"
+        out = frame.get("stdout")
+        if not isinstance(out, str):
+            return "ProtocolViolation"
+        if frame.get("truncated"):
+            return "OutputLimit"
+        if "error" in frame:
+            return str(frame["error"])[:100]
+        return None if stdout_matches(out, test["output"], tol) else "failed"
+
+    def _verdict(self, req: dict[str, Any], run: _Run) -> dict[str, Any]:
+        v: dict[str, Any] = {"id": req["id"], "passed": False, "status": "failed",
+                             "error_type": None, "tests_passed": 0, "tests_total": 0}
+        outcome: str | None = None
+        if req["style"] == "assert":
+            jres = run.judge_result if isinstance(run.judge_result, dict) else {}
+            total, passed = jres.get("total", 1), jres.get("passed", 0)
+            v["tests_total"] = total if type(total) is int else 1
+            v["tests_passed"] = passed if type(passed) is int else 0
+            error = jres.get("error")
+            if not jres and not run.timed_out:
+                error = "JudgeDied"
+            if error:
+                outcome = str(error)[:100]
+            elif not (v["tests_passed"] == v["tests_total"] and v["tests_total"] > 0):
+                outcome = "failed"
+        else:
+            v["tests_total"] = len(req["tests"])
+            if run.load_error is not None:
+                outcome = run.load_error
+            else:
+                for i in range(len(req["tests"])):
+                    frame = run.results.get(i)
+                    got = "EarlyExit" if frame is None else self._test_outcome(req, i, frame)
+                    if got is None:
+                        v["tests_passed"] += 1
+                    elif outcome is None:
+                        outcome = got  # the first test that does not pass decides
+        prog = run.prog
+        sig = None if prog is None or prog.killed else prog.signal_name()
+        cpu_limit = int(req["limits"]["timeout_s"]) + 1
+        if run.timed_out:
+            status, etype = "timeout", None
+        elif sig == "SIGSYS":
+            status, etype = "violation", "SeccompKill"
+        elif run.output_limit or outcome == "OutputLimit":
+            status, etype = "output_limit", None
+        elif run.protocol or outcome == "ProtocolViolation":
+            status, etype = "violation", "ProtocolViolation"
+        elif outcome == "MemoryError":
+            status, etype = "memory", "MemoryError"
+        elif sig == "SIGXCPU" or (sig == "SIGKILL" and prog is not None
+                                  and prog.cpu >= cpu_limit - 0.05):
+            status, etype = "timeout", None
+        elif sig:
+            status, etype = "crashed", sig
+        elif (prog is not None and prog.status is not None and os.WIFEXITED(prog.status)
+              and os.WEXITSTATUS(prog.status) in SETUP_FAILED_CODES):
+            status, etype = "crashed", "SandboxSetupFailed"
+        elif outcome == "JudgeDied":
+            status, etype = "crashed", "JudgeDied"
+        elif outcome is None:
+            status, etype = "passed", None
+        elif outcome == "failed":
+            status, etype = "failed", None
+        else:
+            status, etype = "error", outcome
+        v["status"], v["error_type"], v["passed"] = status, etype, status == "passed"
+        return v
+
+
+class _Run:
+    """The state of one sample being graded."""
+
+    def __init__(self, req: dict[str, Any]) -> None:
+        self.req = req
+        self.opened: list[int] = []
+        self.prog: _Proc | None = None
+        self.judge: _Judge | None = None
+        self.res_r = self.con_r = -1
+        self.results: dict[int, dict[str, Any]] = {}
+        self.load_error: str | None = None
+        self.judge_result: Any = None
+        self.judge_broken = False
+        self.timed_out = self.output_limit = self.protocol = self.deferred = False
+        self.console = 0
+
+    def pipe(self) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        self.opened.extend((r, w))
+        return r, w
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            os.close(fd)
+            self.opened.remove(fd)
+
+    def close_fds(self) -> None:
+        for fd in self.opened:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.opened.clear()
+
+    def complete(self) -> bool:
+        if self.req["style"] == "assert":
+            return self.judge_result is not None
+        return self.load_error is not None or len(self.results) == len(self.req["tests"])
+
+
+def _start(args: argparse.Namespace) -> tuple[Worker, dict[str, Any]]:
+    iso = setup_worker(args.scratch, args.isolation, args.index)
+    filters = build_seccomp_filters()
+    _preload()
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    worker = Worker(iso, filters)
+    # Prove the whole chain (fork, confinement, seccomp load) once before accepting work.
+    probe = {"id": "probe", "style": "call",
+             "code": "import colorsys\ndef f(x):\n    return x + 1\n",
+             "entry_point": "f", "tests": [{"args": [1], "kwargs": {}, "expected": 2}],
+             "compare": {"float_tol": None},
+             "limits": {"timeout_s": 10.0, "memory_mb": 256, "output_bytes": 4096}}
+    verdict = worker.grade(probe)
+    if not verdict["passed"]:
+        raise IsolationError(
+            f"the sandbox self-test failed ({verdict['status']}, {verdict['error_type']}): a "
+            f"child running as uid {iso.sandbox_uid} must be able to import from "
+            f"{sys.prefix}; make the Python installation world-readable"
+        )
+    return worker, {"mode": iso.mode, "sandbox_uid": iso.sandbox_uid, "scratch": iso.scratch,
+                    "pid": os.getpid(), "template_pid": worker.template_pid,
+                    "python": sys.version.split()[0], "iso": asdict(iso)}
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m grader_sandbox.worker")
+    ap.add_argument("--index", type=int, default=0)
+    ap.add_argument("--scratch", required=True)
+    ap.add_argument("--isolation", default=os.environ.get("GRADER_SANDBOX_ISOLATION", "auto"))
+    ap.add_argument("--parent-pid", type=int, default=0)
+    args = ap.parse_args(argv)
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    os.set_inheritable(proto_in, False)
+    os.set_inheritable(proto_out, False)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # stray prints go to stderr, never into the protocol
+    os.close(devnull)
+    # No parent-death signal here: it fires when the *thread* that started the worker ends,
+    # and a pool may be used from many threads. The worker ends at EOF on its stdin instead,
+    # which happens when the pool closes it or the pool's process dies.
+    if args.parent_pid and os.getppid() != args.parent_pid:
+        return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool decides when the worker ends
+    try:
+        worker, info = _start(args)
+    except IsolationError as exc:
+        write_frame(proto_out, {"error": str(exc)})
+        return 2
+    except Exception as exc:
+        write_frame(proto_out, {"error": f"worker failed to start: {type(exc).__name__}: {exc}"})
+        traceback.print_exc()
+        return 2
+    write_frame(proto_out, {"ready": True, "isolation": info})
+    while True:
+        if not _readable(proto_in):
+            worker.settle()  # idle: tidy up now rather than at the next sample
+        try:
+            req = read_frame(proto_in)
+        except (FrameError, ValueError):
+            return 3
+        if req is None:
+            return 0
+        try:
+            verdict = worker.grade(req)
+        except Exception as exc:  # a worker bug: report it on this sample, keep serving
+            traceback.print_exc()
+            verdict = {"id": req.get("id", "?"), "passed": False, "status": "crashed",
+                       "error_type": f"WorkerError:{type(exc).__name__}", "tests_passed": 0,
+                       "tests_total": 0, "wall_s": 0.0}
+        write_frame(proto_out, verdict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
