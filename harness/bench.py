@@ -8,7 +8,6 @@ campaign. `results.json` is (re)built from the cells' results at the end of ever
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +19,33 @@ from harness import __version__
 from harness.errors import UserError
 from harness.rundir import default_run_dir, environment, write_json
 from harness.spec import Cell, Spec, expand_cells, resolved_dict, spec_hash
+from harness.spec.grid import grid_hash
 
 RESULTS_SCHEMA_VERSION = 1
 
 
 def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
     h = spec_hash(spec)
-    run_dir = out or default_run_dir(spec.name, spec.version, h)
+    cells = expand_cells(spec)
+    g = grid_hash(cells)
+    run_dir = out or default_run_dir(spec.name, spec.version, g)
     existing = run_dir / "resolved_spec.json"
     if existing.exists():
         try:
             old = json.loads(existing.read_text())
         except (OSError, json.JSONDecodeError):
             old = None
-        if old is not None and old.get("spec_hash") != h:
+        if old is not None and old.get("grid_hash") != g:
             raise UserError(
                 f"{run_dir} holds a run of {old.get('spec', {}).get('name')}@"
-                f"{old.get('spec', {}).get('version')} with another spec hash "
-                f"({str(old.get('spec_hash'))[:12]}); choose another --out")
+                f"{old.get('spec', {}).get('version')} with another grid (spec hash "
+                f"{str(old.get('spec_hash'))[:12]}); choose another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create run directory {run_dir}: {e.strerror or e}") from None
-    write_json(existing, {"spec_hash": h, "spec": resolved_dict(spec)})
+    write_json(existing, {"spec_hash": h, "grid_hash": g, "spec": resolved_dict(spec)})
     write_json(run_dir / "environment.json", environment())
-    cells = expand_cells(spec)
     for c in cells:
         cfg_path = run_dir / "cells" / c.cell_id / "config.json"
         if not cfg_path.exists():
@@ -121,7 +122,6 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Pa
     failures: dict[str, str] = {}
     if todo:
         jobs = max(1, min(jobs, len(todo)))
-        threads = max(1, (os.cpu_count() or 1) // jobs)
         steps_total = spec.chain.campaigns * (spec.chain.steps + 1)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=False) as prog:
@@ -130,9 +130,12 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Pa
             bars: dict[str, Any] = {}
 
             def on_event(cid: str, ev: dict[str, Any]) -> None:
-                if ev["event"] == "start":
+                if ev["event"] == "start":  # also when a resumed cell rewrites its trace
                     done = sum(1 for r in ev["records"] if r["type"] == "step")
-                    bars[cid] = prog.add_task(cid, total=steps_total, completed=done)
+                    if cid in bars:
+                        prog.update(bars[cid], completed=done)
+                    else:
+                        bars[cid] = prog.add_task(cid, total=steps_total, completed=done)
                 elif ev["event"] == "record":
                     r = ev["record"]
                     if r["type"] == "step":
@@ -149,7 +152,7 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Pa
                         failures[cid] = why.removeprefix(f"cell {cid}: ")
                         prog.update(bars[cid], description=f"{cid}  [red]failed[/]")
 
-            run_local(todo, jobs, on_event, threads_per_cell=threads)
+            run_local(todo, jobs, on_event)
     results = collect_results(spec, run_dir, cells, failures)
     console.print(summary_table(results))
     for cid, why in failures.items():
@@ -163,11 +166,15 @@ def _prebuild_policies(spec: Spec, console: Console) -> None:
     from harness.policy.tiny import ensure_tiny, tiny_dir
 
     for m in spec.models:
-        if m.id != "tiny":
+        if m.id != "tiny" or m.tiny is None:
             continue
-        from harness.spec.schema import TinyRecipe
-
-        recipe = m.tiny or TinyRecipe()
-        if not (tiny_dir(recipe) / "config.json").exists():
-            with console.status("building the tiny policy (first use; cached afterwards)"):
-                ensure_tiny(recipe)
+        if (tiny_dir(m.tiny) / "recipe.json").exists():
+            continue
+        with console.status(f"building the tiny policy in {tiny_dir(m.tiny)} (first use; "
+                            "cached afterwards)"):
+            try:
+                ensure_tiny(m.tiny)
+            except OSError as e:
+                raise UserError(f"cannot build the tiny policy in {tiny_dir(m.tiny)}: "
+                                f"{e.strerror or e}; set HARNESS_CACHE to a writable "
+                                "directory with free space") from None

@@ -49,21 +49,25 @@ def _root(
 # --------------------------------------------------------------------------- specs
 @app.command("list")
 def list_specs() -> None:
-    """List registered specs (benchmarks/*.yaml) with version, grid size and spec hash."""
+    """List registered specs (benchmarks/*.yaml) with version, grid size and spec hash
+    (`harness plan NAME` shows one spec's grid and description)."""
     from harness.spec import expand_cells, load_spec, registered_specs, spec_hash
 
-    table = Table("spec", "version", "cells", "campaigns x steps", "spec hash", "description")
+    table = Table()
+    table.add_column("spec", no_wrap=True)
+    for col in ("version", "cells", "campaigns x steps", "spec hash"):
+        table.add_column(col, no_wrap=True)
     bad = 0
     for name in registered_specs():
         try:
             spec, _ = load_spec(name)
         except SpecError as e:
             bad += 1
-            table.add_row(name, "-", "-", "-", "[red]invalid[/]", str(e.problems[0]))
+            table.add_row(name, "-", "-", "-", "[red]invalid[/]")
+            err.print(f"error: {e.problems[0]}", markup=False, highlight=False)
             continue
         table.add_row(spec.name, str(spec.version), str(len(expand_cells(spec))),
-                      f"{spec.chain.campaigns} x {spec.chain.steps}", spec_hash(spec)[:12],
-                      spec.description.strip().splitlines()[0] if spec.description else "")
+                      f"{spec.chain.campaigns} x {spec.chain.steps}", spec_hash(spec)[:12])
     out.print(table)
     if bad:
         raise typer.Exit(2)
@@ -112,8 +116,12 @@ def plan(
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    table = Table("cell_id", "model", "method", "controller", "seed", "campaigns", "steps",
-                  title=f"{s.name}@{s.version}  spec_hash {h}")
+    if s.description:
+        out.print(s.description.strip(), markup=False, highlight=False)
+    table = Table(title=f"{s.name}@{s.version}  spec_hash {h}")
+    table.add_column("cell_id", no_wrap=True)
+    for col in ("model", "method", "controller", "seed", "campaigns", "steps"):
+        table.add_column(col)
     for c in cells:
         k = c.keys()
         table.add_row(k["cell_id"], k["model"], k["method"], k["controller"], str(c.seed),
@@ -175,25 +183,37 @@ def run_cell(
     cfg_path = cell_dir / "config.json"
     try:
         doc = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        cid = doc["cell_id"]
+        raw = doc["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"cannot read cell config {cfg_path}: {e}") from None
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
     import transformers
+    from pydantic import ValidationError
+
+    from harness.runner.cell import CellConfig, CellRunner
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", "1")))
-    from harness.runner.cell import CellConfig, CellRunner
-
-    cid = doc.get("cell_id", cell_dir.name)
-    lock = open(cell_dir / ".lock", "w")  # noqa: SIM115 (held for the process's life)
+    try:
+        cfg = CellConfig.from_dict(cid, raw)
+    except (ValidationError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"cell {cid}: config {cfg_path} is not a valid cell config ({first}); "
+                        "re-create it with `harness bench`") from None
+    # Threads per cell come from the spec (resources.cpus_per_cell): the thread count changes
+    # floating-point reduction order, so it is part of the cell's identity.
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_cell)))
+    try:
+        lock = open(cell_dir / ".lock", "w")  # noqa: SIM115 (held for the process's life)
+    except OSError as e:
+        raise UserError(f"cell {cid}: cannot write in {cell_dir}: {e.strerror or e}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         raise UserError(f"cell {cid} is already running in another process") from None
     try:
-        cfg = CellConfig.from_dict(cid, doc["config"])
         result = CellRunner(cfg, cell_dir).run()
     except UserError as e:
         msg = str(e)

@@ -9,8 +9,9 @@
             trace.jsonl        append-only, one JSON line per step (the source of truth)
             result.json        per-cell results (written when the chain finishes)
 
-The default run id is the first 12 hex digits of the spec hash, so re-running the same spec
-resumes the same run directory and skips finished cells; `--out DIR` picks a directory.
+The default run id is the first 12 hex digits of the grid hash (the sorted cell ids), so
+re-running the same spec resumes the same run directory and skips finished cells, and an edit
+that changes no cell (a description, a comparison) keeps it; `--out DIR` picks a directory.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ PACKAGES = ("torch", "transformers", "datasets", "numpy", "scipy", "mlflow", "py
             "pyseccomp", "trl", "vllm", "accelerate", "deepspeed", "ray")
 
 
-def default_run_dir(spec_name: str, version: int, spec_hash: str, root: Path | None = None
+def default_run_dir(spec_name: str, version: int, grid_hash: str, root: Path | None = None
                     ) -> Path:
     root = root or Path(os.environ.get("HARNESS_RUNS", "runs"))
-    return root / f"{spec_name}@{version}" / spec_hash[:12]
+    return root / f"{spec_name}@{version}" / grid_hash[:12]
 
 
 def write_json(path: Path, data: Any) -> None:

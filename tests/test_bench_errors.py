@@ -81,3 +81,30 @@ def test_torn_trace_line_is_ignored_and_partial_campaign_dropped(tmp_path: Path)
     t = Trace(path)
     assert t.truncate_to_complete_campaigns() == 1
     assert [r["type"] for r in read_trace(path)] == ["plan", "step", "campaign"]
+
+
+def test_full_disk_keeps_the_trace_and_says_so(tmp_path: Path) -> None:
+    """A run directory on a 512 KiB tmpfs: the trace fits, a campaign checkpoint does not."""
+    import pytest
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        spec = tmp_path / "s.yaml"
+        spec.write_text(SPEC.format(model="tiny"))
+        r = _harness("bench", str(spec), "--out", str(mnt / "run"))
+        assert r.returncode == 1
+        out = r.stdout + r.stderr
+        assert "Traceback" not in out
+        errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0], out
+        assert "free disk space" in errors[0]
+        (cell,) = (mnt / "run" / "cells").iterdir()
+        steps = [x for x in read_trace(cell / "trace.jsonl") if x["type"] == "step"]
+        assert [s["step"] for s in steps] == [0, 1]  # the finished steps are kept
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -6,10 +6,12 @@ budget and its learning rate, with a reason and the numbers behind it. Controlle
 stop a running campaign early (`should_stop`), again with a reason. Both decisions are logged
 in the trace and the results.
 
-Checkpoints the runner keeps (bounded memory: three policies at most):
+Checkpoints the runner keeps (bounded: five policies at most):
 - `init`: the policy the chain starts from;
 - `c{k}:last`: the policy at the end of campaign k;
 - `c{k}:peak`: the policy at campaign k's peak step (first maximum of eval pass@1).
+Only the latest campaign's two and the best-peak campaign's `c{j}:peak` are kept;
+`history.checkpoints` lists exactly what is available.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ class CellProcess:
     cell_dir: Path
     proc: subprocess.Popen[bytes] | None = None
     offset: int = 0
+    inode: int | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     returncode: int | None = None
 
@@ -55,10 +56,17 @@ def last_error(cell_dir: Path) -> str:
     return lines[-1] if lines else "exited without output"
 
 
-def _poll_trace(cp: CellProcess) -> list[dict[str, Any]]:
+def _poll_trace(cp: CellProcess) -> list[dict[str, Any]] | None:
+    """New complete records of a cell's trace; None when the trace was rewritten (a resumed
+    cell drops its unfinished campaign), after which all records are new again."""
     path = cp.cell_dir / "trace.jsonl"
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if cp.inode is not None and (st.st_ino != cp.inode or st.st_size < cp.offset):
+                cp.inode, cp.offset, cp.records = None, 0, []
+                return None
+            cp.inode = st.st_ino
             f.seek(cp.offset)
             data = f.read()
     except FileNotFoundError:
@@ -72,14 +80,22 @@ def _poll_trace(cp: CellProcess) -> list[dict[str, Any]]:
     return new
 
 
+def _forward(cp: CellProcess, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+    new = _poll_trace(cp)
+    if new is None:
+        on_event(cp.cell_id, {"event": "start", "records": []})
+        new = _poll_trace(cp) or []
+    for rec in new:
+        on_event(cp.cell_id, {"event": "record", "record": rec})
+
+
 def run_local(cell_dirs: dict[str, Path], jobs: int,
-              on_event: Callable[[str, dict[str, Any]], None],
-              threads_per_cell: int = 1) -> dict[str, int]:
+              on_event: Callable[[str, dict[str, Any]], None]) -> dict[str, int]:
     """Run cells with at most `jobs` processes; return {cell_id: exit code}."""
     pending = [CellProcess(cid, d) for cid, d in cell_dirs.items()]
     running: list[CellProcess] = []
     codes: dict[str, int] = {}
-    env = dict(os.environ, HARNESS_THREADS=str(threads_per_cell), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -95,13 +111,11 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                 running.append(cp)
             time.sleep(0.25)
             for cp in list(running):
-                for rec in _poll_trace(cp):
-                    on_event(cp.cell_id, {"event": "record", "record": rec})
+                _forward(cp, on_event)
                 assert cp.proc is not None
                 rc = cp.proc.poll()
                 if rc is not None:
-                    for rec in _poll_trace(cp):
-                        on_event(cp.cell_id, {"event": "record", "record": rec})
+                    _forward(cp, on_event)
                     codes[cp.cell_id] = rc
                     on_event(cp.cell_id, {"event": "exit", "returncode": rc,
                                           "error": last_error(cp.cell_dir) if rc else None})

@@ -44,6 +44,7 @@ from harness.spec.schema import (
     MethodSpec,
     ModelSpec,
     OptimSpec,
+    ResourcesSpec,
     RolloutSpec,
     TasksSpec,
 )
@@ -72,6 +73,7 @@ class CellConfig:
     rollout: RolloutSpec
     optim: OptimSpec
     grader: GraderSpec
+    resources: ResourcesSpec
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -81,7 +83,8 @@ class CellConfig:
             controller=ControllerSpec(**cfg["controller"]), seed=int(cfg["seed"]),
             chain=ChainSpec(**cfg["chain"]), tasks=TasksSpec(**cfg["tasks"]),
             eval=EvalSpec(**cfg["eval"]), rollout=RolloutSpec(**cfg["rollout"]),
-            optim=OptimSpec(**cfg["optim"]), grader=GraderSpec(**cfg["grader"]), raw=cfg)
+            optim=OptimSpec(**cfg["optim"]), grader=GraderSpec(**cfg["grader"]),
+            resources=ResourcesSpec(**cfg["resources"]), raw=cfg)
 
 
 class CellRunner:
@@ -97,7 +100,7 @@ class CellRunner:
 
     # ------------------------------------------------------------------ parts
     def _setup(self) -> None:
-        from harness.policy import HFGenerateBackend, load_policy
+        from harness.policy import load_policy, make_backend
         from harness.tasks import load_splits
 
         cfg = self.cfg
@@ -108,7 +111,7 @@ class CellRunner:
             raise UserError(f"cell {cfg.cell_id}: tasks: {e}") from None
         self.policy = load_policy(cfg.model)
         self.model = self.policy.model
-        self.backend = HFGenerateBackend()
+        self.backend = make_backend(cfg.rollout.backend)
         self.store = CheckpointStore(self.dir / "checkpoints", self.model)
         self.store.keep_init()
         self.limits = {"timeout_s": cfg.grader.timeout_s, "memory_mb": cfg.grader.memory_mb,
@@ -153,15 +156,20 @@ class CellRunner:
         return rewards, rollouts, {"generate": t1 - t0, "grade": t2 - t1,
                                    "model": rollouts.seconds}
 
-    def evaluate(self, split: str, tag: str, *parts: Any) -> tuple[float, int, dict[str, float]]:
+    def evaluate(self, split: str) -> tuple[float, int, dict[str, float]]:
         """Unbiased pass@1 (k=1): mean over tasks of passes / n. Returns (pass1, passes,
-        timings {generate, grade, model})."""
+        timings {generate, grade, model}).
+
+        Every evaluation of a split uses the same sampling seed (common random numbers): the
+        same weights always give the same pass@1, so carryover is exactly zero unless a
+        controller rolls back, and step-to-step differences are not inflated by sampling
+        noise."""
         e = self.cfg.eval
         tasks = self.splits[split]
         with torch.no_grad():
             rewards, _, t = self._sample_and_grade(
                 tasks, e.samples_per_task, e.temperature, e.top_p, e.max_new_tokens,
-                derive_seed(self.cfg.seed, tag, *parts))
+                derive_seed(self.cfg.seed, "eval", split))
         passes = int(sum(sum(r) for r in rewards))
         pass1 = sum(sum(r) / len(r) for r in rewards) / len(rewards)
         return pass1, passes, t
@@ -203,8 +211,7 @@ class CellRunner:
             global_step = sum(s.steps_run for s in self.history().summaries)
             for k in range(done, cfg.chain.campaigns):
                 global_step = self._campaign(k, global_step)
-            final = self.trace.of_type("final")
-            if not final:
+            if not self.trace.of_type("final"):
                 self._final()
         finally:
             if getattr(self, "_owns_grader", False):
@@ -222,7 +229,13 @@ class CellRunner:
         self.trace.append({"type": "plan", "campaign": k, **plan.to_dict()})
         self.store.load_into(self.model, plan.start_from)
 
-        from harness.methods import EWCState, compute_loss, estimate_fisher, make_reference
+        from harness.methods import (
+            EWCState,
+            compute_loss,
+            estimate_fisher,
+            make_reference,
+            optimizer_step,
+        )
 
         # The reference for the KL penalty (and the kl_to_ref metric): chain start by default.
         by_campaign = cfg.method.kl is not None and cfg.method.kl.reference == "campaign_start"
@@ -245,7 +258,7 @@ class CellRunner:
             betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
 
         t0 = time.perf_counter()
-        pass1, passes, _ = self.evaluate("eval", "eval", k, 0)
+        pass1, passes, _ = self.evaluate("eval")
         records = [self._record(k, 0, global_step, pass1, passes, None,
                                 {"eval": time.perf_counter() - t0})]
         curve = [pass1]
@@ -265,11 +278,9 @@ class CellRunner:
             loss, metrics = compute_loss(cfg.method, self.model, batch, reward_t,
                                          ref_model=ref_model, ewc=ewc,
                                          temperature=max(cfg.rollout.temperature, 1e-5))
-            from harness.methods import optimizer_step
-
             grad_norm = optimizer_step(self.model, optimizer, loss, cfg.optim.grad_clip)
             te = time.perf_counter()
-            pass1, passes, teval = self.evaluate("eval", "eval", k, step)
+            pass1, passes, teval = self.evaluate("eval")
             tend = time.perf_counter()
             train = {**metrics, "grad_norm": grad_norm,
                      "train_reward": float(reward_t.mean()),
@@ -293,8 +304,8 @@ class CellRunner:
                             lr=plan.lr, collapse_threshold=cfg.chain.collapse_threshold,
                             stopped_early=stopped)
         self.store.finish_campaign(k, self.model, summary.peak)
-        self.trace.append({"type": "campaign", "campaign": k, **summary.to_dict(),
-                           "reason": plan.reason})
+        self.trace.append({"type": "campaign", **summary.to_dict(), "reason": plan.reason})
+        self.store.prune()
         self.progress({"event": "campaign", "cell_id": cfg.cell_id, "summary":
                        summary.to_dict()})
         return global_step + summary.steps_run
@@ -333,9 +344,8 @@ class CellRunner:
         plan = self.controller.plan(history)
         self._check_plan(plan, history)
         self.store.load_into(self.model, plan.start_from)
-        C = self.cfg.chain.campaigns
-        test1, test_passes, _ = self.evaluate("test", "test", C)
-        eval1, _, _ = self.evaluate("eval", "final-eval", C)
+        test1, test_passes, _ = self.evaluate("test")
+        eval1, _, _ = self.evaluate("eval")
         self.trace.append({"type": "final", "carried_from": plan.start_from,
                            "reason": plan.reason, "pass1_test": test1,
                            "test_passes": test_passes, "pass1_eval": eval1})

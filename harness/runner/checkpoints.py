@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from harness.errors import UserError
@@ -76,16 +77,18 @@ class CheckpointStore:
             try:
                 save_file(state, str(tmp))
                 tmp.replace(self._path(name))
-            except OSError as e:
+            except (OSError, SafetensorError) as e:
                 tmp.unlink(missing_ok=True)
-                raise UserError(f"cannot save checkpoint {name} in {self.dir}: "
-                                f"{e.strerror or e}; free disk space and re-run") from None
+                why = getattr(e, "strerror", None) or str(e).split(": ", 1)[-1]
+                raise UserError(f"cannot save checkpoint {name} in {self.dir}: {why}; free "
+                                "disk space and re-run (finished campaigns resume)") from None
             self._mem[name] = state
         self._peaks[k] = peak
         self._running_peak = None
-        self._prune()
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Drop checkpoints no longer kept. Called only after the campaign record is in the
+        trace, so a crash in between never loses a checkpoint a resume needs."""
         keep = self._keep()
         for name in list(self._mem):
             if name not in keep:
@@ -101,3 +104,6 @@ class CheckpointStore:
                 raise UserError(f"cannot resume: checkpoint {path} is missing; delete the cell "
                                 "directory to re-run the cell from scratch")
             self._mem[name] = load_file(str(path))
+        for path in self.dir.glob("*.safetensors") if self.dir.is_dir() else []:
+            if path.stem.replace("_", ":", 1) not in self._keep():
+                path.unlink(missing_ok=True)

@@ -32,6 +32,8 @@ class Trace:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: list[dict[str, Any]] = read_trace(path)
+        self._torn = path.exists() and path.stat().st_size > 0 and \
+            not path.read_bytes().endswith(b"\n")
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
@@ -47,13 +49,16 @@ class Trace:
         self.records.append(record)
 
     def truncate_to_complete_campaigns(self) -> int:
-        """Drop records of an unfinished campaign; return the number of finished campaigns."""
+        """Drop records of an unfinished campaign (and a torn last line); return the number of
+        finished campaigns. A `final` record right after the last campaign is kept."""
         last = -1
         for i, r in enumerate(self.records):
             if r["type"] == "campaign":
                 last = i
         keep = self.records[: last + 1]
-        if len(keep) != len(self.records):
+        if last + 1 < len(self.records) and self.records[last + 1]["type"] == "final":
+            keep.append(self.records[last + 1])
+        if len(keep) != len(self.records) or self._torn:
             tmp = self.path.with_suffix(".jsonl.tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 for r in keep:
@@ -62,6 +67,7 @@ class Trace:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
             self.records = keep
+            self._torn = False
         return sum(1 for r in keep if r["type"] == "campaign")
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:

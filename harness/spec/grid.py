@@ -17,8 +17,9 @@ from typing import Any
 
 from harness.spec.schema import ControllerSpec, MethodSpec, ModelSpec, Spec
 
-# Sections of the spec shared by every cell and part of each cell's config.
-CELL_SECTIONS = ("chain", "tasks", "eval", "rollout", "optim", "grader")
+# Sections of the spec shared by every cell and part of each cell's config (`resources`
+# included: the CPU threads a cell uses change floating-point reduction order).
+CELL_SECTIONS = ("chain", "tasks", "eval", "rollout", "optim", "grader", "resources")
 
 
 def canonical_json(obj: Any) -> str:
@@ -71,7 +72,25 @@ def cell_config(spec: Spec, model: ModelSpec, method: MethodSpec, controller: Co
     }
     for section in CELL_SECTIONS:
         cfg[section] = data[section]
+    cfg["versions"] = code_versions(spec.tasks.source, model.id)
     return cfg
+
+
+def code_versions(task_source: str, model_id: str) -> dict[str, Any]:
+    """Versions of code whose change alters a cell's results without changing its spec."""
+    from harness.tasks import source_version
+
+    versions: dict[str, Any] = {"task_source": source_version(task_source)}
+    if model_id == "tiny":
+        from harness.policy.tiny import TINY_CODE_VERSION
+
+        versions["tiny_policy"] = TINY_CODE_VERSION
+    return versions
+
+
+def grid_hash(cells: list[Cell]) -> str:
+    """Identity of a grid: the sorted cell ids (a description edit keeps it)."""
+    return sha256_json(sorted(c.cell_id for c in cells))
 
 
 def _excluded(spec: Spec, model: ModelSpec, method: MethodSpec, controller: ControllerSpec,

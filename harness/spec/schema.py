@@ -25,7 +25,7 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*
 class _Strict(BaseModel):
     """Unknown keys are errors (a misspelt key must never be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Label = Annotated[str, Field(pattern=LABEL_RE)]
@@ -77,6 +77,14 @@ class ModelSpec(_Strict):
             f"unknown model {v!r}: use a built-in ({', '.join(sorted(BUILTIN_MODELS))}), "
             "a hub id 'org/name', or a local path starting with / or ./"
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recipe(cls, data: Any) -> Any:
+        # The tiny recipe is part of the resolved spec (and so of the hash) even when omitted.
+        if isinstance(data, dict) and data.get("id") == "tiny" and data.get("tiny") is None:
+            return {**data, "tiny": {}}
+        return data
 
     @model_validator(mode="after")
     def _recipe_only_for_tiny(self) -> ModelSpec:
@@ -149,7 +157,7 @@ class ControllerSpec(_Strict):
     defaults and rejects unknown ones when a cell starts.
     """
 
-    name: str = Field(description="Registered controller (`harness list --components`).")
+    name: str = Field(description="Registered controller (`harness components`).")
     label: Label | None = Field(None, description="Name in cell ids; default: the name.")
     params: dict[str, Any] = Field(default_factory=dict, description="Controller parameters.")
 
@@ -161,6 +169,30 @@ class ControllerSpec(_Strict):
         if v not in CONTROLLERS:
             raise ValueError(CONTROLLERS.unknown_message(v))
         return v
+
+    @model_validator(mode="after")
+    def _resolve_params(self) -> ControllerSpec:
+        """Check params against the controller's own schema and fill its defaults, so the
+        resolved spec (and every hash) states every threshold the controller uses."""
+        from pydantic import ValidationError
+
+        from harness.controllers import CONTROLLERS
+
+        params_cls = CONTROLLERS.get(self.name).Params
+        try:
+            full = params_cls.model_validate(self.params).model_dump(mode="json")
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            msg = first["msg"]
+            if first["type"] == "extra_forbidden":
+                from harness.registry import did_you_mean
+
+                msg = (f"unknown parameter{did_you_mean(loc, list(params_cls.model_fields))}; "
+                       f"{self.name} takes: {', '.join(params_cls.model_fields) or 'none'}")
+            raise ValueError(f"params.{loc}: {msg}") from None
+        object.__setattr__(self, "params", full)
+        return self
 
     @property
     def arm(self) -> str:

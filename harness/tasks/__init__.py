@@ -31,6 +31,15 @@ def _synthetic(tasks: TasksSpec) -> dict[str, list[Task]]:
             for s, n in sizes.items()}
 
 
+_synthetic.version = synthetic.FAMILY_VERSION  # type: ignore[attr-defined]
+
+
+def source_version(name: str) -> str | None:
+    """The version of a task source's problems (part of every cell's identity)."""
+    v = getattr(TASK_SOURCES.get(name), "version", None)
+    return None if v is None else str(v)
+
+
 def load_splits(tasks: TasksSpec) -> dict[str, list[Task]]:
     """The {"train", "eval", "test"} task lists of a spec's `tasks` section.
 
@@ -49,4 +58,4 @@ def load_splits(tasks: TasksSpec) -> dict[str, list[Task]]:
 
 
 __all__ = ["SPLITS", "STYLES", "TASK_SOURCES", "Style", "Task", "TaskSource",
-           "grader_request", "load_splits"]
+           "grader_request", "load_splits", "source_version"]

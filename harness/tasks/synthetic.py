@@ -1,15 +1,22 @@
-"""The synthetic code-task family (version 1): "apply 1-3 integer operations to x".
+"""The synthetic code-task family (version 2): "apply 1-3 integer operations to x".
 
 A problem is a sequence of operations on an integer x (add k, subtract k, multiply by k,
-floor-divide by k, mod k, square, negate, abs), stated tersely in a comment ("add 3,
-times 2, floordiv 4, mod 5, subtract 7, square, negate, abs"). Two styles:
+floor-divide by k, mod k, square, negate, abs), stated in a comment as code-like items in
+order, one per operation ("x+3, x-7, x*2, x//4, x%5, x*x, -x, abs(x)"), so that the i-th
+item of the statement maps to the i-th line of the solution. Two styles:
 
     call                                  stdio
-    # add 3, square                       # read x; add 3, square
+    # x+3, x*x                            # read x; x+3, x*x
     def f(x):                             x = int(input())
         x += 3          <- completion ->  x += 3
         x *= x                            x *= x
         return x                          print(x)
+
+Version history: 1 stated the items as words ("add 3, times 2, floordiv 4, mod 5,
+subtract 7, square, negate, abs"); the ~1M-parameter tiny policy learned that mapping too
+slowly for its warm-start budget (about 5% sampled pass@1 after 200-300 steps). Version 2
+states them as code-like items (same operations, parameters, tests and solutions); the
+bucket tag changes with the version, so the splits of version 2 differ from version 1's.
 
 The prompt is valid Python and is also the `code_prefix`; the graded program is
 prompt + completion. Each task has 5 hidden tests on inputs in [-50, 50].
@@ -41,7 +48,7 @@ from typing import Any
 from harness.tasks.base import Task
 
 FAMILY = "synthetic"
-FAMILY_VERSION = 1
+FAMILY_VERSION = 2
 _TAG = f"syn{FAMILY_VERSION}"
 
 N_TESTS = 5
@@ -50,14 +57,14 @@ MAX_OPS = 3
 
 # name -> (parameter values or None, statement, code line)
 OPS: dict[str, tuple[range | None, str, str]] = {
-    "add": (range(1, 10), "add {k}", "x += {k}"),
-    "sub": (range(1, 10), "subtract {k}", "x -= {k}"),
-    "mul": (range(2, 10), "times {k}", "x *= {k}"),
-    "div": (range(2, 10), "floordiv {k}", "x //= {k}"),
-    "mod": (range(2, 10), "mod {k}", "x %= {k}"),
-    "square": (None, "square", "x *= x"),
-    "neg": (None, "negate", "x = -x"),
-    "abs": (None, "abs", "x = abs(x)"),
+    "add": (range(1, 10), "x+{k}", "x += {k}"),
+    "sub": (range(1, 10), "x-{k}", "x -= {k}"),
+    "mul": (range(2, 10), "x*{k}", "x *= {k}"),
+    "div": (range(2, 10), "x//{k}", "x //= {k}"),
+    "mod": (range(2, 10), "x%{k}", "x %= {k}"),
+    "square": (None, "x*x", "x *= x"),
+    "neg": (None, "-x", "x = -x"),
+    "abs": (None, "abs(x)", "x = abs(x)"),
 }
 # Every (op, k) pair, in a fixed order: the alphabet problems are words over.
 ATOMS: tuple[tuple[str, int | None], ...] = tuple(
