@@ -25,7 +25,8 @@ def _limits_arg(text: str | None) -> dict[str, Any] | None:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """One verdict line per input line, in order. An invalid line gets an ``error`` verdict
-    with error_type "InvalidRequest" (and a message on stderr) instead of stopping the file."""
+    with error_type "InvalidRequest" (and a message on stderr) instead of stopping the file;
+    the exit status is then 2, so a caller cannot miss it."""
     from grader_sandbox.pool import GraderPool
 
     limits = _limits_arg(args.limits)
@@ -47,7 +48,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
             rid = item.get("id") if isinstance(item, dict) else None
             try:
                 if isinstance(item, Exception):
-                    raise GraderError(f"line {n}: not JSON ({item})")
+                    raise GraderError(f"not JSON ({item})")
                 valid.append(validate_request(item, pool.default_limits))
                 slots.append(len(valid) - 1)
             except GraderError as exc:
@@ -64,7 +65,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    return 0
+    return 2 if any(not isinstance(slot, int) for slot in slots) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

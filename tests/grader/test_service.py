@@ -115,7 +115,8 @@ def test_grade_command_writes_one_verdict_line_per_request_in_order(tmp_path: Pa
         [sys.executable, "-m", "grader_sandbox", "grade", str(reqs), "--workers", "1"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
     )
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 2, out.stderr  # invalid lines are graded as errors and flagged
+    assert out.stderr.count("line 3:") == 1 and "line 4:" in out.stderr
     verdicts = [json.loads(line) for line in out.stdout.splitlines()]
     assert [v["id"] for v in verdicts] == ["ok", "fork", "line3", "x", "s"]
     assert [v["status"] for v in verdicts] == ["passed", "violation", "error", "error", "passed"]
