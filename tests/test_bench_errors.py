@@ -24,7 +24,7 @@ grader: {{workers: 1}}
 
 def _harness(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1200)
 
 
 def test_missing_local_model_fails_the_cell_with_one_line(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_out_dir_of_another_spec_is_refused(tmp_path: Path) -> None:
                                                         "spec": {"name": "x", "version": 1}}))
     r = _harness("bench", str(spec), "--out", str(out))
     assert r.returncode == 1
-    assert r.stderr.startswith("error:") and "another spec hash" in r.stderr
+    assert r.stderr.startswith("error:") and "with another grid" in r.stderr
     assert "Traceback" not in r.stderr
 
 
