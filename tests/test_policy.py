@@ -23,7 +23,7 @@ from harness.spec.schema import ModelSpec, TinyRecipe
 # A recipe small enough to build in about a second.
 RECIPE = TinyRecipe(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                     warm_steps=3, warm_batch=8, warm_tasks=64)
-PROMPTS = ["# add 3\ndef f(x):\n", "# read x; negate\nx = int(input())\n"]
+PROMPTS = ["# x+3\ndef f(x):\n", "# read x; -x\nx = int(input())\n"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,7 +56,7 @@ def test_char_tokenizer_round_trips_through_auto_tokenizer(tmp_path: Path):
     tok = build_char_tokenizer()
     tok.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
-    text = "# add 3, square\ndef f(x):\n    x += 3\n    return x\n"
+    text = "# x+3, x*x\ndef f(x):\n    x += 3\n    return x\n"
     ids = loaded(text)["input_ids"]
     assert ids == tok(text)["input_ids"]
     assert ids[0] == loaded.bos_token_id and len(ids) == len(text) + 1
@@ -125,6 +125,13 @@ def test_load_policy_tiny(policy):
     assert policy.source == f"tiny:{recipe_hash(RECIPE)}"
     assert policy.device.type in ("cpu", "cuda")
     assert policy.format_prompt("x") == "x"  # no chat template
+
+
+def test_load_policy_tiny_tokenizer_keeps_whitespace(policy):
+    """Regression: AutoTokenizer maps the cached tiny directory (model_type qwen2) to a
+    Qwen2Tokenizer that drops spaces and newlines."""
+    text = "# x+3, x*x\ndef f(x):\n"
+    assert policy.tokenizer(text)["input_ids"] == build_char_tokenizer()(text)["input_ids"]
 
 
 def test_generate_is_reproducible_from_the_seed(policy):

@@ -56,6 +56,15 @@ def test_partition_of_a_problem_is_fixed():
     assert all(t.meta["partition"] == "eval" for t in _splits()["eval"])
 
 
+def test_statement_items_map_to_solution_lines_in_order():
+    ops = (("add", 3), ("square", None), ("mod", 5))
+    call, stdio = syn.make_task(ops, "call"), syn.make_task(ops, "stdio")
+    assert call.prompt == "# x+3, x*x, x%5\ndef f(x):\n"
+    assert call.reference == "    x += 3\n    x *= x\n    x %= 5\n    return x\n"
+    assert stdio.prompt == "# read x; x+3, x*x, x%5\nx = int(input())\n"
+    assert stdio.reference == "x += 3\nx *= x\nx %= 5\nprint(x)\n"
+
+
 def test_reference_solutions_pass_their_tests():
     tasks = [t for v in _splits().values() for t in v] + syn.warm_start_tasks(50, seed=1)
     assert all(passes(t, t.reference) for t in tasks)

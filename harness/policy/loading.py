@@ -86,7 +86,14 @@ def load_policy(spec: ModelSpec, cache_dir: Path | None = None) -> Policy:
         where, revision = spec.id, spec.revision
         source = f"hub:{spec.id}@{revision or 'main'}"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, revision=revision)
+        if spec.id == "tiny":
+            # The character tokenizer must load as itself: AutoTokenizer follows config.json's
+            # model_type (qwen2) to Qwen2Tokenizer, which drops spaces and newlines.
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(where)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(where, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(where, revision=revision, dtype=dtype)
     except (OSError, ValueError) as e:
         raise UserError(_load_failure(spec.id, where, e)) from None
