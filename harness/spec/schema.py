@@ -240,7 +240,8 @@ class RolloutSpec(_Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for training.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for training.")
     max_new_tokens: PositiveInt = Field(512, description="Completion length cap.")
-    backend: Literal["hf", "vllm"] = Field("hf", description="Rollout backend.")
+    backend: Literal["hf"] = Field(
+        "hf", description="Rollout backend: hf (transformers generate). A vLLM backend is planned.")
 
 
 class OptimSpec(_Strict):
