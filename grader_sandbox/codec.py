@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 MAX_DEPTH = 200
@@ -109,12 +110,13 @@ def write_frame(fd: int, message: Any) -> None:
         data = data[n:]
 
 
-def read_exact(fd: int, n: int) -> bytes | None:
-    """Read exactly n bytes; None on EOF before the first byte; FrameError on a short read."""
+def _read_exact(read: Callable[[int], bytes], n: int) -> bytes | None:
+    """Exactly n bytes from `read(max)`; None on EOF before the first byte; FrameError on a
+    short read."""
     chunks = []
     got = 0
     while got < n:
-        chunk = os.read(fd, n - got)
+        chunk = read(min(n - got, 1 << 20))
         if not chunk:
             if got == 0:
                 return None
@@ -124,18 +126,28 @@ def read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame(fd: int, max_bytes: int = 256 << 20) -> Any:
-    """Blocking read of one frame; None at EOF."""
-    hdr = read_exact(fd, _HDR.size)
+def read_frame_from(read: Callable[[int], bytes], max_bytes: int = 256 << 20) -> Any:
+    """One frame from any byte source (`os.read` of a pipe, `sock.recv`); None at EOF."""
+    hdr = _read_exact(read, _HDR.size)
     if hdr is None:
         return None
     (size,) = _HDR.unpack(hdr)
     if size > max_bytes:
         raise FrameError(f"frame of {size} bytes exceeds {max_bytes}")
-    body = read_exact(fd, size)
+    body = _read_exact(read, size)
     if body is None:
         raise FrameError("truncated frame")
     return json.loads(body)
+
+
+def read_exact(fd: int, n: int) -> bytes | None:
+    """Read exactly n bytes from a descriptor (see `_read_exact`)."""
+    return _read_exact(lambda k: os.read(fd, k), n)
+
+
+def read_frame(fd: int, max_bytes: int = 256 << 20) -> Any:
+    """Blocking read of one frame from a descriptor; None at EOF."""
+    return read_frame_from(lambda k: os.read(fd, k), max_bytes)
 
 
 class FrameBuffer:

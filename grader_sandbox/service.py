@@ -13,47 +13,24 @@ Batches from concurrent connections are graded one after another, each on all wo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import socketserver
 import stat
-import struct
 import threading
 from typing import Any
 
-from grader_sandbox.codec import FrameError, pack
+from grader_sandbox.codec import FrameError, pack, read_frame_from
 from grader_sandbox.pool import GraderPool
 from grader_sandbox.schema import GraderError, Verdict, validate_request
 
 MAX_FRAME = 256 << 20
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            if not buf:
-                return None
-            raise FrameError("truncated frame")
-        buf += chunk
-    return bytes(buf)
-
-
 def _recv_frame(sock: socket.socket) -> Any:
     """One frame through the socket's own calls (which honour its timeout); None at EOF."""
-    hdr = _recv_exact(sock, 4)
-    if hdr is None:
-        return None
-    (size,) = struct.unpack(">I", hdr)
-    if size > MAX_FRAME:
-        raise FrameError(f"frame of {size} bytes exceeds {MAX_FRAME}")
-    body = _recv_exact(sock, size)
-    if body is None:
-        raise FrameError("truncated frame")
-    return json.loads(body)
+    return read_frame_from(sock.recv, MAX_FRAME)
 
 
 class _Handler(socketserver.BaseRequestHandler):
