@@ -21,7 +21,7 @@ from harness.rundir import default_run_dir, environment, write_json
 from harness.spec import Cell, Spec, expand_cells, resolved_dict, spec_hash
 from harness.spec.grid import grid_hash
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
 
 
 def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
@@ -66,12 +66,14 @@ def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
                     failures: dict[str, str]) -> dict[str, Any]:
     out_cells = []
     for c in cells:
-        entry: dict[str, Any] = {**c.keys(), "status": "missing"}
+        entry: dict[str, Any] = {**c.keys(), "controller_name": c.controller.name,
+                                 "status": "missing"}
         try:
             res = json.loads((run_dir / "cells" / c.cell_id / "result.json").read_text())
             entry.update(status="finished" if res.get("end_of_chain") else "partial",
                          campaigns=res["campaigns"], decisions=res["decisions"],
-                         end_of_chain=res["end_of_chain"], aggregates=res["aggregates"])
+                         end_of_chain=res["end_of_chain"], aggregates=res["aggregates"],
+                         oracles=res.get("oracles"), guard=res.get("guard"))
         except (OSError, json.JSONDecodeError, KeyError):
             pass
         if c.cell_id in failures:
@@ -82,9 +84,75 @@ def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
         "spec": spec.name, "version": spec.version, "spec_hash": spec_hash(spec),
         "harness_version": __version__,
         "cells": out_cells,
+        "arms": arm_rows(out_cells),
     }
     write_json(run_dir / "results.json", results)
     return results
+
+
+def _mean(xs: list[Any]) -> float | None:
+    vals = [float(x) for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+ORACLE_CONTROLLERS = {"trace": "trace_oracle", "hindsight": "hindsight_oracle"}
+
+
+def arm_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `arms` rows of results.json from its per-cell entries (README "Results").
+
+    Per (model, method, controller) arm, over its finished cells: `kind` "arm". Then per arm
+    whose controller is `naive`: one `kind` "oracle" row per oracle (controller
+    `trace_oracle` / `hindsight_oracle`, `of` = the source arm's controller) and one `kind`
+    "guard_lead_time" row (the collapse guard run offline on those traces). Rows keep the
+    order in which arms first appear in `cells`."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    n_cells: dict[tuple[str, str, str], int] = {}
+    naive: set[tuple[str, str, str]] = set()
+    for c in cells:
+        key = (c["model"], c["method"], c["controller"])
+        n_cells[key] = n_cells.get(key, 0) + 1
+        groups.setdefault(key, [])
+        if c.get("status") == "finished":
+            groups[key].append(c)
+        if c.get("controller_name", c["controller"]) == "naive":
+            naive.add(key)
+    rows: list[dict[str, Any]] = []
+    for key, done in groups.items():
+        model, method, controller = key
+        base = {"model": model, "method": method, "n": len(done),
+                "seeds": sorted(c["seed"] for c in done), "n_cells": n_cells[key]}
+        eoc = [c.get("end_of_chain") or {} for c in done]
+        agg = [c.get("aggregates") or {} for c in done]
+        rows.append({**base, "controller": controller, "kind": "arm", "oracle": False,
+                     "pass1_test": _mean([e.get("pass1_test") for e in eoc]),
+                     "pass1_eval": _mean([e.get("pass1_eval") for e in eoc]),
+                     "mean_peak": _mean([a.get("mean_peak") for a in agg]),
+                     "mean_gap": _mean([a.get("mean_gap") for a in agg]),
+                     "collapsed_campaigns": sum(a.get("collapsed_campaigns") or 0 for a in agg),
+                     "campaigns": sum(len(c.get("campaigns") or []) for c in done)})
+        if key not in naive:
+            continue
+        for kind, label in ORACLE_CONTROLLERS.items():
+            picks = [(c.get("oracles") or {}).get(kind) or {} for c in done]
+            rows.append({**base, "controller": label, "kind": "oracle", "oracle": True,
+                         "of": controller,
+                         "pass1_test": _mean([o.get("pass1_test") for o in picks]),
+                         "pass1_eval": _mean([o.get("pass1_eval") for o in picks])})
+        guard = [(c.get("guard") or {}) for c in done]
+        runs = [r for g in guard for r in g.get("campaigns") or []]
+        leads = [r["lead_time"] for r in runs if r["collapsed"] and r["lead_time"] is not None]
+        collapsed = sum(1 for r in runs if r["collapsed"])
+        caught = sum(1 for v in leads if v >= 0)
+        rows.append({**base, "controller": "guard_lead_time", "kind": "guard_lead_time",
+                     "oracle": False, "of": controller,
+                     "params": next((g["params"] for g in guard if g.get("params")), None),
+                     "campaigns": len(runs), "collapsed": collapsed, "caught": caught,
+                     "late": len(leads) - caught, "missed": collapsed - caught,
+                     "false_alarms": sum(1 for r in runs if not r["collapsed"]
+                                         and r["trigger_step"] is not None),
+                     "mean_lead_time": _mean(leads)})
+    return rows
 
 
 def _fmt(x: float | None) -> str:
@@ -106,6 +174,33 @@ def summary_table(results: dict[str, Any]) -> Table:
                   _fmt(eoc.get("pass1_eval")), _fmt(agg.get("mean_peak")),
                   _fmt(agg.get("mean_gap")),
                   f"{agg.get('collapsed_campaigns', 0)}/{n}" if n else "-")
+    return t
+
+
+def arms_table(results: dict[str, Any]) -> Table:
+    """The `arms` rows: means over finished seeds; oracle rows (eval = the selected value)
+    and the offline guard row are references derived from the naive arms, not arms."""
+    t = Table(title="arms (mean over finished seeds; * = reference row from naive traces)")
+    for col in ("model", "method", "controller", "seeds", "test p@1", "eval p@1",
+                "mean peak", "mean gap", "collapsed"):
+        t.add_column(col)
+    for r in results.get("arms") or []:
+        seeds = f"{r['n']}/{r['n_cells']}"
+        if r["kind"] == "arm":
+            t.add_row(r["model"], r["method"], r["controller"], seeds, _fmt(r["pass1_test"]),
+                      _fmt(r["pass1_eval"]), _fmt(r["mean_peak"]), _fmt(r["mean_gap"]),
+                      f"{r['collapsed_campaigns']}/{r['campaigns']}" if r["campaigns"]
+                      else "-")
+        elif r["kind"] == "oracle":
+            t.add_row(r["model"], r["method"], f"*{r['controller']} of {r['of']}", seeds,
+                      _fmt(r["pass1_test"]), _fmt(r["pass1_eval"]), "", "", "", style="dim")
+        else:
+            lead = r["mean_lead_time"]
+            t.add_row(r["model"], r["method"], f"*guard (offline) on {r['of']}", seeds,
+                      "", "", "", "",
+                      f"caught {r['caught']}/{r['collapsed']}, false alarms "
+                      f"{r['false_alarms']}, lead {'-' if lead is None else f'{lead:.1f}'}",
+                      style="dim")
     return t
 
 
@@ -155,6 +250,7 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Pa
             run_local(todo, jobs, on_event)
     results = collect_results(spec, run_dir, cells, failures)
     console.print(summary_table(results))
+    console.print(arms_table(results))
     for cid, why in failures.items():
         console.print(f"error: cell {cid} failed: {why} (log: {run_dir / 'cells' / cid / 'log.txt'})",
                       markup=False, highlight=False)

@@ -53,9 +53,24 @@ def test_bench_writes_documented_files(first_run: Path) -> None:
     for c in cell["campaigns"]:
         assert {"start", "peak", "peak_step", "end", "gap", "collapsed", "onset", "budget",
                 "start_from", "lr"} <= set(c)
+    # reference rows beside the arm: both oracles tested on the test split, the offline guard
+    for kind, ckpt in (("trace", "c1:peak"), ("hindsight", None)):
+        o = cell["oracles"][kind]
+        assert o["checkpoint"] == (ckpt or f"c{o['campaign']}:peak")
+        assert 0.0 <= o["pass1_test"] <= 1.0
+        assert o["pass1_eval"] == cell["campaigns"][o["campaign"]]["peak"]
+    assert cell["oracles"]["hindsight"]["pass1_eval"] == max(c["peak"] for c in cell["campaigns"])
+    assert [g["campaign"] for g in cell["guard"]["campaigns"]] == [0, 1]
+    assert cell["guard"]["summary"]["campaigns"] == 2
+    assert [(a["controller"], a["kind"], a["n"]) for a in results["arms"]] == [
+        ("naive", "arm", 1), ("trace_oracle", "oracle", 1), ("hindsight_oracle", "oracle", 1),
+        ("guard_lead_time", "guard_lead_time", 1)]
+    assert results["arms"][0]["pass1_test"] == cell["end_of_chain"]["pass1_test"]
     (cdir,) = _cell_dirs(first_run)
     for name in ("config.json", "trace.jsonl", "result.json"):
         assert (cdir / name).is_file()
+    result = json.loads((cdir / "result.json").read_text())
+    assert result["oracles"] == cell["oracles"] and result["guard"] == cell["guard"]
     steps = [r for r in read_trace(cdir / "trace.jsonl") if r["type"] == "step"]
     assert len(steps) == 2 * (3 + 1)
     trained = [s for s in steps if s["step"] > 0]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from harness.controllers import History, make_controller, summarise
 from harness.controllers.collapse_guard import (
     GuardParams,
+    guard_report,
     guard_trigger,
     guard_trigger_step,
     lead_time,
@@ -216,3 +217,44 @@ def test_oracles_bound_what_they_select_from(chain: list[list[float]]) -> None:
     t, h = trace_oracle(recs), hindsight_oracle(recs)
     assert h["value"] == max(max(c) for c in chain) >= t["value"] == max(chain[-1])
     assert chain[h["campaign"]][h["step"]] == h["value"]
+
+
+# --------------------------------------------------------------------------- guard: report
+# Eval only, 10 samples behind each value: the credible drop comes two steps after the onset.
+LATE = records([0.5, 0.5, 0.46, 0.42, 0.38, 0.34, 0.30, 0.26, 0.22, 0.18, 0.14, 0.10, 0.05, 0.0],
+               eval_samples=10)
+SILENT = records([0.6, 0.6, 0.1, 0.1], eval_samples=1)     # collapses; one sample: no signal
+ALARM = records([0.5, 0.5, 0.35, 0.45, 0.45])               # credible dip, recovers: gap 0.05
+
+
+def test_guard_report_counts_catches_misses_and_false_alarms() -> None:
+    rep = guard_report([CLIFF, LATE, SILENT, ALARM, RISE], threshold=0.2)
+    assert rep["params"] == GuardParams().model_dump(mode="json") and rep["threshold"] == 0.2
+    rows = {r["campaign"]: r for r in rep["campaigns"]}
+    step = guard_trigger_step(CLIFF)
+    assert step is not None
+    assert rows[0] | {"reason": None} == {
+        "campaign": 0, "trigger_step": step, "reason": None, "collapsed": True,
+        "onset": CLIFF_ONSET, "lead_time": CLIFF_ONSET - step}
+    assert "entropy collapse" in rows[0]["reason"]
+    assert (rows[1]["trigger_step"], rows[1]["onset"], rows[1]["lead_time"]) == (10, 8, -2)
+    assert rows[2]["collapsed"] and rows[2]["trigger_step"] is None
+    assert rows[2]["reason"] is None and rows[2]["lead_time"] is None
+    assert not rows[3]["collapsed"] and rows[3]["trigger_step"] == 2
+    assert rows[3]["onset"] is None and rows[3]["lead_time"] is None
+    assert rows[4]["trigger_step"] is None and not rows[4]["collapsed"]
+    assert rep["summary"] == {"campaigns": 5, "collapsed": 3, "caught": 1, "late": 1,
+                              "missed": 2, "false_alarms": 1, "quiet": 1,
+                              "mean_lead_time": ((CLIFF_ONSET - step) + -2) / 2}
+
+
+def test_guard_report_uses_its_params_and_threshold() -> None:
+    rep = guard_report([CLIFF], OFF, threshold=0.2)
+    assert rep["params"]["entropy_frac"] is None
+    assert rep["summary"] | {"mean_lead_time": 0} == {
+        "campaigns": 1, "collapsed": 1, "caught": 0, "late": 0, "missed": 1,
+        "false_alarms": 0, "quiet": 0, "mean_lead_time": 0}
+    assert rep["summary"]["mean_lead_time"] is None
+    rep = guard_report([CLIFF], threshold=0.6)                 # gap 0.49: no collapse here
+    assert rep["summary"]["false_alarms"] == 1 and rep["campaigns"][0]["onset"] is None
+    assert guard_report([])["summary"]["mean_lead_time"] is None

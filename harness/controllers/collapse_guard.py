@@ -21,7 +21,10 @@ history, so the decision is a pure function of it), the next campaign starts fro
 
 Offline: `guard_trigger_step(records, params)` is the first step at which the guard would fire
 on a recorded campaign, and `lead_time(records, trigger_step, threshold)` measures how early it
-fired relative to the collapse onset.
+fired relative to the collapse onset; `guard_report(campaign_records, params, threshold)` does
+both for every campaign of a recorded chain and counts catches, misses and false alarms (the
+runner puts it in every cell's `result.json` as `guard`: on naive traces it measures what the
+guard would have done; on a guard's own trace a campaign it stopped cannot show its cliff).
 
 Our reading (nothing here is from the study): the three signals, their thresholds, the Beta
 model (it treats the n eval samples as independent draws of one rate; samples of the same task
@@ -162,6 +165,49 @@ def lead_time(records: Records, trigger_step: int | None, threshold: float) -> i
     if not s.collapsed or s.onset is None:
         return None
     return int(records[s.onset]["step"]) - trigger_step
+
+
+def guard_report(campaign_records: Sequence[Records],
+                 params: GuardParams | Mapping[str, Any] | None = None,
+                 threshold: float = 0.20) -> dict[str, Any]:
+    """The guard run offline over every campaign of a recorded chain.
+
+    Per campaign: `trigger_step` and `reason` (None when it never fired), `collapsed` (eval
+    pass@1 peak - end > threshold), `onset` (the collapse onset step, None unless collapsed)
+    and `lead_time` (`lead_time`: onset - trigger; None unless collapsed and fired). Summary:
+    `collapsed` campaigns; `caught`: collapsed with the trigger at or before the onset
+    (lead_time >= 0); `late`: collapsed, fired after the onset; `missed`: collapsed and not
+    caught (late or never fired); `false_alarms`: fired on a campaign that did not collapse;
+    `quiet`: neither fired nor collapsed; `mean_lead_time`: mean lead_time over the collapsed
+    campaigns it fired on (late ones count, negative), None when there is none."""
+    p = _params(params)
+    rows: list[dict[str, Any]] = []
+    for k, records in enumerate(campaign_records):
+        if not records:
+            continue
+        hit = guard_trigger(records, p)
+        curve = [float(r["eval_pass1"]) for r in records]
+        s = summarise(k, curve, budget=len(curve) - 1, start_from="", lr=1.0,
+                      collapse_threshold=threshold)
+        trigger = None if hit is None else hit[0]
+        rows.append({
+            "campaign": k, "trigger_step": trigger, "reason": None if hit is None else hit[1],
+            "collapsed": s.collapsed,
+            "onset": int(records[s.onset]["step"]) if s.collapsed and s.onset is not None
+            else None,
+            "lead_time": lead_time(records, trigger, threshold)})
+    collapsed = [r for r in rows if r["collapsed"]]
+    leads = [r["lead_time"] for r in collapsed if r["lead_time"] is not None]
+    caught = sum(1 for v in leads if v >= 0)
+    summary = {
+        "campaigns": len(rows), "collapsed": len(collapsed), "caught": caught,
+        "late": len(leads) - caught, "missed": len(collapsed) - caught,
+        "false_alarms": sum(1 for r in rows if not r["collapsed"]
+                            and r["trigger_step"] is not None),
+        "quiet": sum(1 for r in rows if not r["collapsed"] and r["trigger_step"] is None),
+        "mean_lead_time": sum(leads) / len(leads) if leads else None}
+    return {"params": p.model_dump(mode="json"), "threshold": threshold, "campaigns": rows,
+            "summary": summary}
 
 
 @CONTROLLERS.register("collapse_guard")

@@ -13,6 +13,7 @@ This is the only place that knows the order of a chain (DESIGN.md section 2):
             controller.should_stop? -> stop early
         summary (start, peak, peak_step, end, gap, collapsed, onset) -> trace
     carried-out policy = where the controller would start campaign C -> test-split pass@1
+    trace / hindsight oracle checkpoints (c{k}:peak) -> test-split pass@1
 
 Every random draw is seeded from (cell seed, purpose, campaign, step), the optimizer is
 fresh per campaign, and checkpoints are saved at campaign ends, so a cell killed mid-chain
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from harness.controllers import History, Plan, make_controller, summarise
+from harness.controllers.collapse_guard import guard_report
 from harness.errors import UserError
 from harness.rundir import write_json
 from harness.runner.checkpoints import CheckpointStore
@@ -346,9 +348,48 @@ class CellRunner:
         self.store.load_into(self.model, plan.start_from)
         test1, test_passes, _ = self.evaluate("test")
         eval1, _, _ = self.evaluate("eval")
+        oracles = self._oracles(history, {plan.start_from: (test1, test_passes)})
         self.trace.append({"type": "final", "carried_from": plan.start_from,
                            "reason": plan.reason, "pass1_test": test1,
-                           "test_passes": test_passes, "pass1_eval": eval1})
+                           "test_passes": test_passes, "pass1_eval": eval1,
+                           "oracles": oracles})
+
+    def _oracles(self, history: History, tested: dict[str, tuple[float, int]]
+                 ) -> dict[str, Any]:
+        """The trace and hindsight oracles of this chain (DESIGN.md section 2), each with the
+        test-split pass@1 of the checkpoint it selects.
+
+        Both select a campaign's peak step (first maximum of eval pass@1, as the store marks
+        it), so their policy is `c{k}:peak`, which the store keeps for the last campaign and
+        for the best-peak one. `pass1_eval` is the selected (traced) eval value: evaluation
+        uses common random numbers, so re-evaluating the checkpoint would reproduce it.
+        `tested` caches test results by checkpoint name (the carried-out one included)."""
+        from harness.controllers.oracles import hindsight_oracle, trace_oracle
+
+        if not history.campaigns:
+            return {}
+        out: dict[str, Any] = {}
+        for kind, oracle in (("trace", trace_oracle), ("hindsight", hindsight_oracle)):
+            o = oracle(history.campaigns)
+            name = f"c{o['campaign']}:peak"
+            row: dict[str, Any] = {**o, "checkpoint": name, "pass1_eval": o["value"]}
+            if name not in tested and name in self.store.names():
+                self.store.load_into(self.model, name)
+                test1, passes, _ = self.evaluate("test")
+                tested[name] = (test1, passes)
+            if name in tested:
+                row["pass1_test"], row["test_passes"] = tested[name]
+            else:  # cannot happen with the store's retention rule; report rather than fail
+                row["pass1_test"] = row["test_passes"] = None
+                row["error"] = f"checkpoint {name} is not kept ({self.store.names()})"
+            out[kind] = row
+        return out
+
+
+def _guard_params(cfg: CellConfig) -> dict[str, Any]:
+    """The collapse guard's params for the offline guard report: the cell's own when its
+    controller is the guard, else the defaults."""
+    return dict(cfg.controller.params or {}) if cfg.controller.name == "collapse_guard" else {}
 
 
 def _summary_from(r: dict[str, Any]) -> Any:
@@ -366,6 +407,11 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
                  for r in records if r["type"] in ("plan", "stop")]
     final = next((r for r in records if r["type"] == "final"), None)
     steps = [r for r in records if r["type"] == "step"]
+    finished = {c["index"] for c in campaigns}
+    by_campaign: dict[int, list[dict[str, Any]]] = {}
+    for s in steps:
+        if s["campaign"] in finished:
+            by_campaign.setdefault(s["campaign"], []).append(s)
     n = len(campaigns)
     carryover = [campaigns[i]["start"] - campaigns[i - 1]["end"] for i in range(1, n)]
     return {
@@ -377,6 +423,9 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
         "end_of_chain": None if final is None else {
             "pass1_test": final["pass1_test"], "pass1_eval": final["pass1_eval"],
             "carried_from": final["carried_from"]},
+        "oracles": None if final is None else final.get("oracles"),
+        "guard": guard_report([by_campaign[k] for k in sorted(by_campaign)],
+                              _guard_params(cfg), cfg.chain.collapse_threshold),
         "aggregates": {
             "mean_peak": sum(c["peak"] for c in campaigns) / n if n else None,
             "mean_end": sum(c["end"] for c in campaigns) / n if n else None,

@@ -9,7 +9,8 @@ Record types (field `type`):
 - `stop`: a controller stopped a campaign early (reason);
 - `campaign`: the summary of a finished campaign (DESIGN.md terms) — a campaign is complete
   only once this line is written;
-- `final`: end-of-chain pass@1 on the test split (and the eval-split selection value).
+- `final`: end-of-chain pass@1 on the test split (and the eval-split selection value), and
+  `oracles`: the trace and hindsight oracles with their checkpoints' test pass@1.
 
 A crash loses at most the step in flight: every line is flushed and fsynced. On resume,
 lines after the last `campaign` record are dropped (that campaign re-runs from its start

@@ -1,0 +1,224 @@
+"""Results beside the arms: the oracle rows and the offline collapse guard, in a cell's
+`result.json` (from hand-made traces and a stub runner, no model) and in the `arms` rows of
+`results.json` (from hand-made cell entries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from rich.console import Console
+
+from harness.bench import arm_rows, arms_table
+from harness.controllers import History, summarise
+from harness.controllers.collapse_guard import GuardParams
+from harness.runner.cell import CellConfig, CellRunner, build_result
+from harness.runner.checkpoints import CheckpointStore
+from harness.spec import expand_cells, load_spec
+
+
+# --------------------------------------------------------------------------- result.json
+def _cfg(controller: dict[str, Any] | None = None) -> CellConfig:
+    spec, _ = load_spec("tiny-smoke")
+    cell = expand_cells(spec)[0]
+    raw = dict(cell.config)
+    if controller is not None:
+        raw["controller"] = controller
+    return CellConfig.from_dict(cell.cell_id, raw)
+
+
+def _trace(curves: list[list[float]], final: dict[str, Any] | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for k, curve in enumerate(curves):
+        out.append({"type": "plan", "campaign": k, "start_from": "init", "budget": 5, "lr": 1.0,
+                    "reason": "", "numbers": {}})
+        out += [{"type": "step", "campaign": k, "step": s, "eval_pass1": v}
+                for s, v in enumerate(curve)]
+        out.append({"type": "campaign", **summarise(k, curve, budget=5, start_from="init", lr=1.0,
+                                                    collapse_threshold=0.2).to_dict()})
+    if final is not None:
+        out.append({"type": "final", **final})
+    return out
+
+
+COLLAPSE = [0.5, 0.5, 0.1, 0.1]      # a credible drop at step 2, the onset: lead time 0
+CLEAN = [0.2, 0.3, 0.4]
+
+
+def test_result_has_guard_report_and_the_final_records_oracles() -> None:
+    oracles = {"trace": {"kind": "trace", "checkpoint": "c1:peak", "pass1_test": 0.3},
+               "hindsight": {"kind": "hindsight", "checkpoint": "c0:peak", "pass1_test": 0.4}}
+    final = {"carried_from": "c1:last", "reason": "", "pass1_test": 0.1, "test_passes": 1,
+             "pass1_eval": 0.4, "oracles": oracles}
+    # an unfinished campaign's steps (no campaign record) are left out of the report
+    records = [*_trace([COLLAPSE, CLEAN], final),
+               {"type": "step", "campaign": 2, "step": 0, "eval_pass1": 0.9}]
+    res = build_result(_cfg(), records)
+    assert res["oracles"] == oracles
+    g = res["guard"]
+    assert g["params"] == GuardParams().model_dump(mode="json") and g["threshold"] == 0.2
+    assert [(c["campaign"], c["trigger_step"], c["collapsed"], c["onset"], c["lead_time"])
+            for c in g["campaigns"]] == [(0, 2, True, 2, 0), (1, None, False, None, None)]
+    assert g["summary"]["caught"] == 1 and g["summary"]["false_alarms"] == 0
+    # a trace written before oracles existed, and one without a final record
+    del final["oracles"]
+    assert build_result(_cfg(), _trace([CLEAN], final))["oracles"] is None
+    assert build_result(_cfg(), _trace([CLEAN], None))["oracles"] is None
+
+
+def test_guard_report_of_a_guard_cell_uses_its_own_params() -> None:
+    cfg = _cfg({"name": "collapse_guard", "params": {"drop_confidence": None}})
+    g = build_result(cfg, _trace([COLLAPSE], None))["guard"]
+    assert g["params"]["drop_confidence"] is None
+    assert g["campaigns"][0]["trigger_step"] is None and g["summary"]["missed"] == 1
+
+
+# --------------------------------------------------------------------------- the final oracles
+class _Stub(CellRunner):
+    """A runner whose policy is one weight and whose test pass@1 is that weight."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.model = torch.nn.Linear(1, 1, bias=False)
+        self.store = CheckpointStore(tmp / "checkpoints", self.model)
+        self.evaluated: list[float] = []
+
+    def set(self, w: float) -> None:
+        with torch.no_grad():
+            self.model.weight.fill_(w)
+
+    def evaluate(self, split: str) -> tuple[float, int, dict[str, float]]:
+        assert split == "test"
+        w = round(float(self.model.weight.detach()), 6)
+        self.evaluated.append(w)
+        return w, int(w * 100), {}
+
+
+def _chain(tmp: Path) -> tuple[_Stub, History]:
+    """Campaign 0 peaks at 0.6 (its peak policy has weight 0.06), campaign 1 at 0.5 (0.05)."""
+    r = _Stub(tmp)
+    r.set(0.0)
+    r.store.keep_init()
+    curves = [[0.2, 0.6, 0.3], [0.3, 0.5, 0.1]]
+    for k, (peak_w, last_w) in enumerate([(0.06, 0.01), (0.05, 0.02)]):
+        r.set(peak_w)
+        r.store.mark_peak(r.model)
+        r.set(last_w)
+        r.store.finish_campaign(k, r.model, max(curves[k]))
+        r.store.prune()
+    campaigns = tuple(tuple({"step": s, "eval_pass1": v} for s, v in enumerate(c))
+                      for c in curves)
+    summaries = tuple(summarise(k, c, budget=2, start_from="init", lr=1.0,
+                                collapse_threshold=0.2) for k, c in enumerate(curves))
+    return r, History(campaigns=campaigns, summaries=summaries,
+                      checkpoints=tuple(r.store.names()), max_steps=2, base_lr=1.0)
+
+
+def test_final_oracles_test_the_checkpoints_they_select(tmp_path: Path) -> None:
+    r, history = _chain(tmp_path)
+    o = r._oracles(history, {"c1:last": (0.02, 2)})
+    assert (o["trace"]["checkpoint"], o["trace"]["pass1_eval"], o["trace"]["step"]) == (
+        "c1:peak", 0.5, 1)
+    assert o["trace"]["pass1_test"] == pytest.approx(0.05) and o["trace"]["test_passes"] == 5
+    assert o["trace"]["per_campaign"][0]["value"] == 0.6 and o["trace"]["oracle"] is True
+    assert (o["hindsight"]["checkpoint"], o["hindsight"]["pass1_eval"]) == ("c0:peak", 0.6)
+    assert o["hindsight"]["pass1_test"] == pytest.approx(0.06)
+    assert r.evaluated == [0.05, 0.06]
+
+
+def test_final_oracles_reuse_the_carried_out_test_number(tmp_path: Path) -> None:
+    r, history = _chain(tmp_path)
+    o = r._oracles(history, {"c1:peak": (0.123, 7)})      # es carries c1:peak out
+    assert (o["trace"]["pass1_test"], o["trace"]["test_passes"]) == (0.123, 7)
+    assert r.evaluated == [0.06]                           # only the hindsight checkpoint
+    assert r._oracles(History((), (), ("init",), 2, 1.0), {}) == {}
+
+
+def test_final_oracles_report_a_checkpoint_that_is_not_kept(tmp_path: Path) -> None:
+    r, history = _chain(tmp_path)
+    del r.store._mem["c0:peak"]
+    o = r._oracles(history, {})
+    assert o["hindsight"]["pass1_test"] is None and "not kept" in o["hindsight"]["error"]
+    assert o["trace"]["pass1_test"] == pytest.approx(0.05)
+
+
+# --------------------------------------------------------------------------- results.json arms
+def _cell(controller: str, seed: int, test: float, eval_: float, *, name: str | None = None,
+          status: str = "finished", oracles: tuple[float, float] | None = None,
+          guard: list[tuple[int | None, bool, int | None]] = ()) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "cell_id": f"{controller}_s{seed}", "model": "tiny", "method": "reinforce",
+        "controller": controller, "controller_name": name or controller, "seed": seed,
+        "status": status,
+        "campaigns": [{}, {}],
+        "end_of_chain": {"pass1_test": test, "pass1_eval": eval_, "carried_from": "c1:last"},
+        "aggregates": {"mean_peak": eval_ + 0.1, "mean_gap": 0.1 * seed,
+                       "collapsed_campaigns": seed},
+        "guard": {"params": {"min_step": 1}, "campaigns": [
+            {"campaign": k, "trigger_step": t, "reason": None, "collapsed": c, "onset": None,
+             "lead_time": lead} for k, (t, c, lead) in enumerate(guard)]},
+    }
+    if oracles is not None:
+        entry["oracles"] = {"trace": {"pass1_test": oracles[0], "pass1_eval": 0.5},
+                            "hindsight": {"pass1_test": oracles[1], "pass1_eval": 0.7}}
+    return entry
+
+
+def test_arm_rows_mean_over_finished_seeds_with_oracle_and_guard_rows_from_naive() -> None:
+    cells = [
+        _cell("naive", 0, 0.1, 0.2, oracles=(0.3, 0.4),
+              guard=[(3, True, 2), (None, True, None), (2, False, None)]),
+        _cell("naive", 1, 0.3, 0.4, oracles=(0.5, 0.8), guard=[(9, True, -1), (None, False, None)]),
+        _cell("es", 0, 0.4, 0.5, oracles=(0.9, 0.9), guard=[(1, False, None)]),
+        _cell("es", 1, 0.6, 0.7, oracles=(0.9, 0.9)),
+        _cell("es", 2, 0.0, 0.0, status="failed"),
+        _cell("plain", 0, 0.2, 0.2, name="naive", oracles=(0.25, 0.35)),  # a labelled naive
+    ]
+    rows = arm_rows(cells)
+    assert [(r["controller"], r["kind"], r.get("of")) for r in rows] == [
+        ("naive", "arm", None), ("trace_oracle", "oracle", "naive"),
+        ("hindsight_oracle", "oracle", "naive"), ("guard_lead_time", "guard_lead_time", "naive"),
+        ("es", "arm", None),
+        ("plain", "arm", None), ("trace_oracle", "oracle", "plain"),
+        ("hindsight_oracle", "oracle", "plain"), ("guard_lead_time", "guard_lead_time", "plain")]
+    naive, trace, hind, guard, es = rows[:5]
+    assert naive == {
+        "model": "tiny", "method": "reinforce", "controller": "naive", "kind": "arm",
+        "oracle": False, "n": 2, "seeds": [0, 1], "n_cells": 2,
+        "pass1_test": pytest.approx(0.2), "pass1_eval": pytest.approx(0.3),
+        "mean_peak": pytest.approx(0.4), "mean_gap": pytest.approx(0.05),
+        "collapsed_campaigns": 1, "campaigns": 4}
+    assert trace["oracle"] is True and trace["n"] == 2
+    assert (trace["pass1_test"], trace["pass1_eval"]) == (pytest.approx(0.4), 0.5)
+    assert (hind["pass1_test"], hind["pass1_eval"]) == (pytest.approx(0.6), 0.7)
+    assert guard["oracle"] is False and guard["params"] == {"min_step": 1}
+    assert {k: guard[k] for k in ("campaigns", "collapsed", "caught", "late", "missed",
+                                  "false_alarms", "mean_lead_time")} == {
+        "campaigns": 5, "collapsed": 3, "caught": 1, "late": 1, "missed": 2,
+        "false_alarms": 1, "mean_lead_time": 0.5}
+    # es: the failed seed is counted in n_cells only; no oracle rows from a non-naive arm
+    assert (es["n"], es["seeds"], es["n_cells"]) == (2, [0, 1], 3)
+    assert es["pass1_test"] == pytest.approx(0.5) and es["collapsed_campaigns"] == 1
+
+
+def test_arm_rows_of_unfinished_or_pre_oracle_cells() -> None:
+    old = _cell("naive", 0, 0.1, 0.2)
+    del old["guard"]                                  # a result.json of schema 1
+    rows = arm_rows([old, _cell("naive", 1, 0.0, 0.0, status="missing")])
+    arm, trace, _, guard = rows
+    assert (arm["n"], arm["n_cells"], arm["pass1_test"]) == (1, 2, 0.1)
+    assert trace["pass1_test"] is None and trace["pass1_eval"] is None
+    assert guard["campaigns"] == 0 and guard["mean_lead_time"] is None
+    assert arm_rows([]) == []
+
+
+def test_arms_table_marks_the_reference_rows() -> None:
+    cells = [_cell("naive", 0, 0.1, 0.2, oracles=(0.3, 0.4), guard=[(3, True, 2)]),
+             _cell("es", 0, 0.4, 0.5)]
+    console = Console(record=True, width=200)
+    console.print(arms_table({"arms": arm_rows(cells)}))
+    text = console.export_text()
+    assert "*trace_oracle of naive" in text and "*hindsight_oracle of naive" in text
+    assert "*guard (offline) on naive" in text and "caught 1/1, false alarms 0, lead 2.0" in text
+    assert "0.400" in text and "0/2" in text
