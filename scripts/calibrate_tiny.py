@@ -1,7 +1,7 @@
 """Calibrate the tiny policy's warm start: pass@1 on the synthetic eval split along one
 warm-start run (a build of N steps equals the first N steps of a longer one).
 
-    python scripts/calibrate_tiny.py --steps 300 --batch 32 --lr 3e-3 --eval-at 100,200,300
+    python scripts/calibrate_tiny.py --steps 390 --eval-at 330,360,390
 
 Grades in-process (harness.tasks.local_check): fine for the tiny model's outputs, never for
 a benchmark run. Prints one line per checkpoint: greedy, T=0.7 and T=1.0 sampled pass@1.
@@ -25,16 +25,17 @@ from harness.tasks.local_check import passes
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    d = TinyRecipe()
+    ap.add_argument("--steps", type=int, default=d.warm_steps)
+    ap.add_argument("--batch", type=int, default=d.warm_batch)
+    ap.add_argument("--lr", type=float, default=d.warm_lr)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-at", default="100,200,300")
+    ap.add_argument("--eval-at", default="330,360,390")
     ap.add_argument("--eval-tasks", type=int, default=64)
     ap.add_argument("--samples", type=int, default=4, help="samples per task per temperature")
     ap.add_argument("--max-new-tokens", type=int, default=60)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # eval; the warm start itself runs on tiny.BUILD_THREADS
 
     recipe = TinyRecipe(warm_steps=args.steps, warm_batch=args.batch, warm_lr=args.lr,
                         warm_seed=args.seed)

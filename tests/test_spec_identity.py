@@ -32,7 +32,7 @@ def test_every_registered_spec_validates(capsys: pytest.CaptureFixture[str]) -> 
 def test_study_specs_are_registered() -> None:
     names = set(registered_specs())
     assert {"qwen3b-care-v2", "qwen7b-controllers", "qwen7b-grpo", "qwen3b-constraints",
-            "gemma4b-pilot", "tiny-smoke", "tiny-collapse"} <= names
+            "gemma4b-pilot", "tiny-smoke", "tiny-collapse", "tiny-controllers"} <= names
 
 
 def test_plan_qwen3b_care_v2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,7 +79,7 @@ def _reordered_with_comments(data: dict) -> str:
 
 
 def test_formatting_does_not_change_hash_but_values_do(tmp_path: Path) -> None:
-    src = REPO / "benchmarks" / "tiny-collapse.yaml"
+    src = REPO / "benchmarks" / "tiny-smoke.yaml"
     data = yaml.safe_load(src.read_text())
     h0 = spec_hash(load_spec(str(src))[0])
 

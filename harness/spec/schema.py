@@ -42,9 +42,9 @@ class TinyRecipe(_Strict):
     intermediate_size: PositiveInt = Field(384, description="MLP width.")
     num_layers: PositiveInt = Field(4, description="Decoder layers.")
     num_heads: PositiveInt = Field(4, description="Attention heads (and key/value heads).")
-    warm_steps: NonNegInt = Field(300, description="Supervised warm-start steps.")
-    warm_batch: PositiveInt = Field(64, description="Warm-start batch size (tasks).")
-    warm_lr: float = Field(2e-3, gt=0, description="Warm-start AdamW learning rate.")
+    warm_steps: NonNegInt = Field(390, description="Supervised warm-start steps.")
+    warm_batch: PositiveInt = Field(32, description="Warm-start batch size (tasks).")
+    warm_lr: float = Field(3e-3, gt=0, description="Warm-start AdamW learning rate.")
     warm_seed: int = Field(0, description="Seed of the warm start (init, data order).")
     warm_tasks: PositiveInt = Field(
         4096, description="Synthetic tasks generated for the warm start (disjoint seed space "
