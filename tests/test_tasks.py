@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.spec.schema import TasksSpec
-from harness.tasks import TASK_SOURCES, Task, grader_request, load_splits
+from harness.tasks import TASK_SOURCES, Task, grader_request, load_splits, program
 from harness.tasks import synthetic as syn
 from harness.tasks.local_check import passes
 
@@ -109,7 +109,9 @@ def test_call_style_task_shape_and_grader_request():
     task = next(t for t in _splits()["eval"] if t.style == "call")
     assert task.entry_point == "f" and len(task.tests) == 5 and task.test_code is None
     req = grader_request(task, "    return x\n", {"timeout_s": 5}, "r1")
-    assert set(req) == {"id", "code", "style", "entry_point", "tests", "test_code", "limits"}
+    assert set(req) == {"id", "code", "style", "entry_point", "tests", "test_code", "compare",
+                        "limits"}
+    assert req["compare"] == {"float_tol": None}
     assert req["code"] == task.code_prefix + "    return x\n"
     assert req["tests"][0].keys() == {"args", "expected"}
     assert (req["id"], req["style"], req["entry_point"], req["limits"]) == (
@@ -146,3 +148,31 @@ def test_grader_sandbox_accepts_the_requests_and_passes_the_references():
                 for t in tasks for i, c in enumerate((t.reference, "oops("))]
         verdicts = pool.grade(reqs)
     assert [v.passed for v in verdicts] == [True, False, True, False]
+
+
+def test_program_joins_prefix_completion_and_suffix_per_mode():
+    task = Task(task_id="t-2", prompt="# p\ndef f(x):\n", code_prefix="import os\n# p\ndef f(x):\n",
+                style="call", entry_point="_harness_call", tests=({"args": [1], "expected": 1},),
+                test_code=None, reference="    return x\n", fn_name="f",
+                chat_prefix="import os", code_suffix="\ndef _harness_call(*a):\n    return f(*a)\n")
+    assert program(task, "    return x") == (
+        "import os\n# p\ndef f(x):\n    return x\n\ndef _harness_call(*a):\n    return f(*a)\n")
+    assert program(task, "def f(x):\n    return x", chat=True).startswith(
+        "import os\ndef f(x):\n    return x\n\ndef _harness_call")
+    assert task.function_name == "f" and task.n_tests == 1
+    hoisted = program(task, "from __future__ import annotations\ndef f(x):\n    return x",
+                      chat=True)
+    assert hoisted.startswith("from __future__ import annotations\nimport os\ndef f(x):")
+    compile(hoisted, "<t>", "exec")
+
+
+def test_per_test_time_limit_shrinks_the_sample_timeout_never_raises_it():
+    base = dict(task_id="t-3", prompt="", code_prefix="", style="stdio", entry_point=None,
+                test_code=None, reference="", tests=({"input": "", "output": ""},) * 3)
+    fast = Task(**base, time_limit_s=0.5)
+    assert grader_request(fast, "", {"timeout_s": 5}, "r")["limits"]["timeout_s"] == 1.5
+    slow = Task(**base, time_limit_s=10.0)
+    assert grader_request(slow, "", {"timeout_s": 5}, "r")["limits"]["timeout_s"] == 5
+    assert grader_request(Task(**base), "", {"timeout_s": 5}, "r")["limits"] == {"timeout_s": 5}
+    with pytest.raises(ValueError, match="time_limit_s"):
+        Task(**base, time_limit_s=0)

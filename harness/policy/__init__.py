@@ -1,7 +1,14 @@
 """Policies: loading (tiny / local / hub), rollouts, and code extraction."""
 
-from harness.policy.extract import extract_code
+from harness.policy.extract import extract_code, strip_prose, truncate_at_stops
 from harness.policy.loading import Policy, load_policy
+from harness.policy.prompting import (
+    chat_messages,
+    completion_code,
+    prompt_record,
+    prompt_records,
+    render_prompt,
+)
 from harness.policy.rollout import (
     HFGenerateBackend,
     RolloutBackend,
@@ -11,6 +18,7 @@ from harness.policy.rollout import (
 )
 from harness.policy.tiny import default_cache_dir, ensure_tiny, recipe_hash
 
-__all__ = ["HFGenerateBackend", "Policy", "RolloutBackend", "Rollouts", "default_cache_dir",
-           "encode_prompt", "ensure_tiny", "extract_code", "load_policy", "make_backend",
-           "recipe_hash"]
+__all__ = ["HFGenerateBackend", "Policy", "RolloutBackend", "Rollouts", "chat_messages",
+           "completion_code", "default_cache_dir", "encode_prompt", "ensure_tiny",
+           "extract_code", "load_policy", "make_backend", "prompt_record", "prompt_records",
+           "recipe_hash", "render_prompt", "strip_prose", "truncate_at_stops"]

@@ -102,16 +102,21 @@ class CellRunner:
 
     # ------------------------------------------------------------------ parts
     def _setup(self) -> None:
-        from harness.policy import load_policy, make_backend
-        from harness.tasks import load_splits
+        from harness.policy import load_policy, make_backend, prompt_records
+        from harness.tasks import load_selection
 
         cfg = self.cfg
         self.controller = make_controller(cfg.controller.name, cfg.controller.params)
         try:
-            self.splits = load_splits(cfg.tasks)
+            selection = load_selection(cfg.tasks)
         except ValueError as e:
             raise UserError(f"cell {cfg.cell_id}: tasks: {e}") from None
+        self.splits = selection.splits
+        # Which problems each split holds (and what was dropped, and why) and the exact
+        # prompt text of each: re-running selects the same problems.
+        write_json(self.dir / "tasks.json", selection.record())
         self.policy = load_policy(cfg.model)
+        write_json(self.dir / "prompts.json", prompt_records(self.policy, self.splits))
         self.model = self.policy.model
         self.backend = make_backend(cfg.rollout.backend)
         self.store = CheckpointStore(self.dir / "checkpoints", self.model)
@@ -131,25 +136,23 @@ class CellRunner:
         self._owns_grader = True
         return self._grader
 
-    def _completion_code(self, text: str) -> str:
-        from harness.policy import extract_code
-
-        return extract_code(text) if self.policy.use_chat_template else text
-
     def _sample_and_grade(self, tasks: list[Any], n: int, temperature: float, top_p: float,
                           max_new_tokens: int, seed: int) -> tuple[list[list[float]], Any,
                                                                   dict[str, float]]:
         """Sample n completions per task and grade them: rewards [len(tasks)][n]."""
+        from harness.policy import completion_code, render_prompt
         from harness.tasks import grader_request
 
         t0 = time.perf_counter()
-        prompts = [self.policy.format_prompt(t.prompt) for t in tasks]
+        prompts = [render_prompt(self.policy, t) for t in tasks]
         self.model.eval()
         rollouts = self.backend.generate(self.policy, prompts, n=n, temperature=temperature,
                                          top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         t1 = time.perf_counter()
-        requests = [grader_request(tasks[i // n], self._completion_code(text), self.limits,
-                                   f"{i}") for i, text in enumerate(rollouts.texts)]
+        chat = self.policy.use_chat_template
+        requests = [grader_request(tasks[i // n], completion_code(tasks[i // n], text, chat),
+                                   self.limits, f"{i}", chat=chat)
+                    for i, text in enumerate(rollouts.texts)]
         verdicts = self._grader_pool().grade(requests)
         t2 = time.perf_counter()
         flat = [1.0 if v.passed else 0.0 for v in verdicts]

@@ -214,7 +214,12 @@ class TasksSpec(_Strict):
     test: PositiveInt = Field(30, description="Test-split problems (final numbers only).")
     split_seed: int = Field(0, description="Seed of the deterministic split.")
     options: dict[str, Any] = Field(
-        default_factory=dict, description="Source-specific options (difficulty, revision...).")
+        default_factory=dict,
+        description="Source-specific options. Dataset sources (humaneval, mbpp, apps, taco, "
+        "code_contests, livecodebench) take revision (pinned by default), data_files, "
+        "dataset_split, difficulty, max_statement_chars, max_tests, max_test_bytes, "
+        "float_tol and their own (README \"Task sources\"); their defaults are filled in. "
+        "synthetic: stdio_share, min_ops, max_ops.")
 
     @field_validator("source")
     @classmethod
@@ -224,6 +229,15 @@ class TasksSpec(_Strict):
         if v not in TASK_SOURCES:
             raise ValueError(TASK_SOURCES.unknown_message(v))
         return v
+
+    @model_validator(mode="after")
+    def _resolve_options(self) -> TasksSpec:
+        """Check a dataset source's options and fill their defaults (the pinned dataset
+        revision among them), so the resolved spec and every hash state them."""
+        from harness.tasks import resolve_options
+
+        object.__setattr__(self, "options", resolve_options(self.source, self.options))
+        return self
 
 
 class EvalSpec(_Strict):
