@@ -86,6 +86,10 @@ def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
         "cells": out_cells,
         "arms": arm_rows(out_cells),
     }
+    # The spec's declared comparisons, paired by seed (README "Comparisons and the gate").
+    from harness.compare import evaluate_comparisons
+
+    results["comparisons"] = evaluate_comparisons(spec, results)
     write_json(run_dir / "results.json", results)
     return results
 
@@ -204,15 +208,21 @@ def arms_table(results: dict[str, Any]) -> Table:
     return t
 
 
-def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Path, dict]:
-    """Run every unfinished cell of `spec`; return (run_dir, results)."""
+def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
+          log_checkpoints: str = "carried") -> tuple[Path, dict]:
+    """Run every unfinished cell of `spec`; return (run_dir, results). Everything is logged
+    to MLflow as it runs (`harness.tracking`; `log_checkpoints`: its checkpoint policy)."""
     from harness.executors.local import run_local
+    from harness.tracking import Tracker
 
     run_dir, cells = prepare_run_dir(spec, out)
     todo = {c.cell_id: run_dir / "cells" / c.cell_id for c in cells
             if not cell_finished(run_dir / "cells" / c.cell_id)}
     console.print(f"run directory: {run_dir}  ({len(cells) - len(todo)} of {len(cells)} cells "
                   "already finished)", markup=False, highlight=False)
+    tracker = Tracker(run_dir, running=todo, checkpoints=log_checkpoints,
+                      warn=lambda m: console.print(m, markup=False, highlight=False))
+    tracker.start()  # the store opens in the background while policies build and cells run
     _prebuild_policies(spec, console)
     failures: dict[str, str] = {}
     if todo:
@@ -225,6 +235,7 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Pa
             bars: dict[str, Any] = {}
 
             def on_event(cid: str, ev: dict[str, Any]) -> None:
+                tracker.on_event(cid, ev)
                 if ev["event"] == "start":  # also when a resumed cell rewrites its trace
                     done = sum(1 for r in ev["records"] if r["type"] == "step")
                     if cid in bars:
@@ -249,8 +260,17 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console) -> tuple[Pa
 
             run_local(todo, jobs, on_event)
     results = collect_results(spec, run_dir, cells, failures)
+    tracking = tracker.close()
+    if tracking.ok:
+        console.print(f"MLflow: experiment {tracking.experiment} in {tracking.uri} (parent run "
+                      f"{tracking.parent_run_id}); `harness ui {run_dir}` opens it",
+                      markup=False, highlight=False)
     console.print(summary_table(results))
     console.print(arms_table(results))
+    if results["comparisons"]:
+        from harness.compare import comparisons_table
+
+        console.print(comparisons_table(results["comparisons"]))
     for cid, why in failures.items():
         console.print(f"error: cell {cid} failed: {why} (log: {run_dir / 'cells' / cid / 'log.txt'})",
                       markup=False, highlight=False)

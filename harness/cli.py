@@ -150,6 +150,22 @@ def components() -> None:
 
 
 # --------------------------------------------------------------------------- running
+def _checkpoint_policy(value: str) -> str:
+    from harness.tracking import CHECKPOINT_POLICIES
+
+    if value not in CHECKPOINT_POLICIES:
+        raise UserError(f"--log-checkpoints {value!r}: use one of "
+                        f"{', '.join(CHECKPOINT_POLICIES)}")
+    return value
+
+
+LogCheckpoints = Annotated[str, typer.Option(
+    "--log-checkpoints", callback=_checkpoint_policy, metavar="none|final|carried|all",
+    help="Checkpoints logged to MLflow: the policy carried out of the chain (final), also "
+    "each one a campaign carries into the next (carried), also every campaign's last and "
+    "peak (all).")]
+
+
 @app.command()
 def bench(
     spec: Annotated[str, typer.Argument(help="Registered spec name or file.")],
@@ -157,17 +173,19 @@ def bench(
         "--out", help="Run directory (default: runs/<spec>@<version>/<spec hash[:12]>).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
                                       help="Cells run in parallel processes.")] = 1,
+    log_checkpoints: LogCheckpoints = "carried",
 ) -> None:
     """Run every cell of a spec on this machine and print the summary table.
 
     Re-running the same command skips finished cells and resumes interrupted ones from their
-    last finished campaign. Exit 1 if any cell failed (the others still finish).
+    last finished campaign. Exit 1 if any cell failed (the others still finish). Everything
+    is logged to MLflow ($MLFLOW_TRACKING_URI, else <run dir>/mlflow.db; `harness ui`).
     """
     from harness.bench import bench as run_bench
     from harness.spec import load_spec
 
     s, _ = load_spec(spec)
-    _, results = run_bench(s, out, jobs, out_console())
+    _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints)
     if any(c["status"] != "finished" for c in results["cells"]):
         raise typer.Exit(1)
 
@@ -224,11 +242,239 @@ def run_cell(
               f"eval {eoc['pass1_eval']:.3f}", markup=False, highlight=False)
 
 
+# --------------------------------------------------------------------------- MLflow
+OptionalRun = Annotated[Path | None, typer.Argument(
+    help="A run directory (default: the latest one under runs/).", show_default=False)]
+
+
+@app.command()
+def sync(run: OptionalRun = None, log_checkpoints: LogCheckpoints = "carried") -> None:
+    """Log a run directory to MLflow from its traces: what `harness bench` logs as it runs,
+    for a run whose logging failed or was interrupted. Idempotent: logs only what is missing."""
+    from harness.tracking import resolve_run_dir, sync_run
+
+    run_dir = resolve_run_dir(run)
+    summary = sync_run(run_dir, checkpoints=log_checkpoints,
+                       warn=lambda m: err.print(m, markup=False, highlight=False))
+    if not summary.ok:
+        raise UserError(f"MLflow logging of {run_dir} is incomplete (see the warnings above); "
+                        "re-run `harness sync` when the store answers")
+    out.print(f"MLflow: {len(summary.cell_runs)} cell runs of experiment {summary.experiment} "
+              f"match their traces in {summary.uri}", markup=False, highlight=False)
+
+
+@app.command()
+def ui(
+    run: OptionalRun = None,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (local only by "
+                                      "default).")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI on a run's store (`mlflow server`, until Ctrl-C) and print its URL."""
+    import os
+    import socket
+
+    from harness.tracking import resolve_run_dir, ui_command
+
+    run_dir = resolve_run_dir(run)
+    cmd, url = ui_command(run_dir, host, port)
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another "
+                            "--port") from None
+    out.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", markup=False,
+              highlight=False)
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+
+
+# --------------------------------------------------------------------------- statistics
+RunDir = Annotated[Path, typer.Argument(
+    help="A run directory (holding results.json and resolved_spec.json).")]
+BaselinesDir = Annotated[Path | None, typer.Option(
+    "--baselines", help="Registered-baseline directory (default: $HARNESS_BASELINES, else "
+    "benchmarks/baselines).")]
+Alpha = Annotated[float, typer.Option(
+    "--alpha", min=0.0001, max=0.5,
+    help="Significance level; verdicts need n >= the smallest n with 2/2^n < alpha (6 at 0.05).")]
+Margin = Annotated[float, typer.Option(
+    "--margin", min=0.0, help="Equivalence margin of `no_difference`, in metric units.")]
+
+
+@app.command()
+def compare(
+    run: RunDir,
+    against: Annotated[str | None, typer.Option(
+        "--against", help="`registered` (the spec's registered baseline) or another run "
+        "directory: baseline arms come from there, and every arm is also compared with the "
+        "same arm there.")] = None,
+    baselines: BaselinesDir = None,
+    alpha: Alpha = 0.05,
+    margin: Margin = 0.02,
+) -> None:
+    """Print a run's comparisons, paired by seed: mean difference, bootstrap 95% CI, wins,
+    sign-flip p, verdict (improves / regresses / no_difference / inconclusive) and outcome
+    against the spec's `expect`."""
+    from harness.baselines import baseline_results, load_baseline, stale_message
+    from harness.compare import (
+        comparisons_table,
+        evaluate_comparisons,
+        evaluate_same_arms,
+        load_run,
+        load_run_files,
+    )
+
+    spec, results = load_run(run)
+    kw = {"alpha": alpha, "margin": margin}
+    if against is None:
+        rows = evaluate_comparisons(spec, results, **kw)
+    else:
+        if against == "registered":
+            path, doc = load_baseline(results["spec"], baselines)
+            if doc is None:
+                raise UserError(f"no registered baseline for {results['spec']} ({path}); "
+                                "register one with `harness baseline register RUN`")
+            stale = stale_message(path, doc, results)
+            if stale:
+                err.print(f"warning: {stale}", markup=False, highlight=False)
+            other, kind = baseline_results(doc), "registered"
+        else:
+            other, _ = load_run_files(Path(against))
+            if other["spec_hash"] != results["spec_hash"]:
+                err.print(f"note: {against} ran {other['spec']}@{other['version']} (spec_hash "
+                          f"{str(other['spec_hash'])[:12]}), {run} ran {results['spec']}@"
+                          f"{results['version']} ({str(results['spec_hash'])[:12]})",
+                          markup=False, highlight=False)
+            other, kind = {**other, "source": str(against)}, "same_arm"
+        rows = evaluate_comparisons(spec, results, other, **kw) + evaluate_same_arms(
+            results, other, kind=kind, gate=False, **kw)
+    if not rows:
+        out.print(f"{results['spec']}@{results['version']} declares no comparisons; add "
+                  "`comparisons:` to the spec or use --against", markup=False, highlight=False)
+        return
+    out.print(comparisons_table(rows, f"comparisons of {results['spec']}@{results['version']} "
+                                      f"({run}), paired by seed"))
+
+
+@app.command()
+def gate(
+    run: RunDir,
+    baselines: BaselinesDir = None,
+    alpha: Alpha = 0.05,
+    margin: Margin = 0.02,
+) -> None:
+    """Check a run: the spec's comparisons with `gate: true`, and every arm of the spec's
+    registered baseline (same arm, expect no_worse, end-of-chain test pass@1). Exit 0: pass;
+    1: a gated comparison fails; 3: inconclusive (too few seeds or too noisy), none failing.
+    A stale baseline (another spec_hash) is reported and not used."""
+    from harness.baselines import baseline_results, load_baseline, stale_message
+    from harness.compare import (
+        comparisons_table,
+        evaluate_comparisons,
+        evaluate_same_arms,
+        gate_exit_code,
+        load_run,
+    )
+
+    spec, results = load_run(run)
+    kw = {"alpha": alpha, "margin": margin}
+    rows = [r for r in evaluate_comparisons(spec, results, **kw) if r["gate"]]
+    path, doc = load_baseline(results["spec"], baselines)
+    if doc is None:
+        out.print(f"no registered baseline for {results['spec']} ({path}); register one with "
+                  "`harness baseline register RUN`", markup=False, highlight=False)
+    elif stale := stale_message(path, doc, results):
+        err.print(f"warning: {stale}", markup=False, highlight=False)
+    else:
+        rows += evaluate_same_arms(results, baseline_results(doc), kind="registered", gate=True,
+                                   **kw)
+    name = f"{results['spec']}@{results['version']}"
+    if rows:
+        out.print(comparisons_table(rows, f"gate of {name} ({run})"))
+    rc = gate_exit_code(rows)
+    failed = sum(r["outcome"] == "fail" for r in rows)
+    unsure = sum(r["outcome"] == "inconclusive" for r in rows)
+    if not rows:
+        line = f"gate: pass ({name} has nothing gated: no `gate: true` comparison, no baseline)"
+    elif rc == 1:
+        line = f"gate: FAIL ({failed} of {len(rows)} gated comparisons fail)"
+    elif rc == 3:
+        line = (f"gate: inconclusive ({unsure} of {len(rows)} gated comparisons inconclusive, "
+                "none failing; more seeds would decide)")
+    else:
+        line = f"gate: pass ({len(rows)} gated comparisons)"
+    out.print(line, markup=False, highlight=False)
+    if rc:
+        raise typer.Exit(rc)
+
+
+baseline_app = typer.Typer(
+    help="Registered baselines (benchmarks/baselines/<spec>.json): per-seed metrics of a run's "
+    "arms with provenance; `harness gate` checks runs against them.",
+    no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("register")
+def baseline_register(
+    run: RunDir,
+    arm: Annotated[list[str] | None, typer.Option(
+        "--arm", help="An arm to register, method/controller or model/method/controller; "
+        "repeatable (default: every arm with finished cells).")] = None,
+    baselines: BaselinesDir = None,
+) -> None:
+    """Register a run's finished arms as its spec's baseline, with provenance (spec hash,
+    harness version, git commit, environment). Arms registered before under the same
+    spec_hash are kept; another spec_hash replaces the file."""
+    from harness.baselines import register
+
+    path, doc, new = register(run, arm, baselines)
+    arms = ", ".join(f"{a['model']}/{a['method']}/{a['controller']} (seeds "
+                     f"{','.join(map(str, a['seeds']))})" for a in new)
+    out.print(f"registered {len(new)} arm{'s' if len(new) != 1 else ''} of {doc['spec']}@"
+              f"{doc['version']} (spec_hash {doc['spec_hash'][:12]}) in {path}: {arms}",
+              markup=False, highlight=False)
+
+
+# --------------------------------------------------------------------------- reports
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory (what `harness bench` wrote).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Directory for the report (default: the run directory).")] = None,
+) -> None:
+    """Write report.md (figures in report_figures/) and a self-contained report.html: curves,
+    end-of-chain pass@1 with CIs, peak vs end, arms, guard lead time and comparisons."""
+    from harness.report import write_report
+
+    md, page, missing = write_report(run, out)
+    for m in missing:
+        err.print(f"note: {m}", markup=False, highlight=False)
+    out_console().print(f"wrote {md} and {page}", markup=False, highlight=False)
+
+
 def out_console() -> Console:
     return out
 
 
 # --------------------------------------------------------------------------- entry point
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception class `name`, and typer's vendored copy of it (typer >= 0.2x raises
+    its own `typer._click` exceptions, which are not click's)."""
+    found: list[type[BaseException]] = [getattr(click.exceptions, name)]
+    vendored = getattr(getattr(typer, "_click", None), "exceptions", None)
+    if vendored is not None and hasattr(vendored, name):
+        found.append(getattr(vendored, name))
+    return tuple(found)
+
+
+_NO_ARGS_HELP = _click_classes("NoArgsIsHelpError")
+_CLICK_ERRORS = _click_classes("ClickException")
+_ABORT = _click_classes("Abort")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors end in one line each and a non-zero exit."""
     command = typer.main.get_command(app)
@@ -241,13 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         err.print(f"error: {e}", markup=False, highlight=False)
         rc = e.exit_code
-    except click.exceptions.NoArgsIsHelpError as e:
+    except _NO_ARGS_HELP as e:
         e.show()
         rc = 0
-    except click.ClickException as e:
+    except _CLICK_ERRORS as e:
         e.show()
         rc = e.exit_code
-    except click.exceptions.Abort:
+    except _ABORT:
         err.print("aborted")
         rc = 130
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,67 @@ def test_bench_writes_documented_files(first_run: Path) -> None:
     assert steps[0]["eval_pass1"] > 0
 
 
+def _mlflow_cell_runs(run: Path) -> tuple[Any, list[Any]]:
+    """The client of a run's MLflow store and the child runs of its parent run."""
+    from mlflow import MlflowClient
+
+    state = json.loads((run / "mlflow.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    runs = client.search_runs(
+        [state["experiment_id"]],
+        filter_string=f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}'")
+    return client, list(runs)
+
+
+def _assert_mlflow_history_is_the_trace(run: Path, *, timings_may_differ: bool = False) -> None:
+    """Every child run's metric history holds each point of its cell's trace once, and
+    nothing else (timings of a resumed campaign's re-run steps may differ)."""
+    from collections import Counter
+
+    from harness.tracking import expected_points
+
+    client, runs = _mlflow_cell_runs(run)
+    for r in runs:
+        pts = expected_points(read_trace(run / "cells" / r.data.tags["cell_id"] / "trace.jsonl"))
+        assert set(r.data.metrics) == {p.key for p in pts}
+        for key in {p.key for p in pts}:
+            got = [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, key)]
+            want = [(p.step, p.value) for p in pts if p.key == key]
+            if timings_may_differ and key.startswith("time."):
+                got, want = [s for s, _ in got], [s for s, _ in want]
+            assert Counter(got) == Counter(want), key
+
+
+def test_bench_logs_every_cell_to_mlflow(first_run: Path) -> None:
+    client, runs = _mlflow_cell_runs(first_run)
+    (cell,) = _cell_dirs(first_run)
+    assert [r.data.tags["cell_id"] for r in runs] == [cell.name]  # one child run per cell
+    (r,) = runs
+    results = json.loads((first_run / "results.json").read_text())
+    keys = {k: v for k, v in results["cells"][0].items()
+            if k in ("cell_id", "model", "method", "controller", "seed")}
+    assert {k: r.data.tags[k] for k in keys} == {k: str(v) for k, v in keys.items()}
+    assert r.data.tags["spec"] == "tiny-smoke" and r.data.tags["spec_hash"] == results["spec_hash"]
+    assert r.data.tags["git_commit"] and r.data.tags["harness_version"]
+    assert r.info.status == "FINISHED"
+    assert r.data.params["chain.steps"] == "3" and r.data.params["model.id"] == "tiny"
+    eoc = results["cells"][0]["end_of_chain"]
+    assert r.data.metrics["end_of_chain_pass1_test"] == eoc["pass1_test"]
+    assert r.data.metrics["end_of_chain_pass1_eval"] == eoc["pass1_eval"]
+    assert "oracle_hindsight_pass1_test" in r.data.metrics
+    # per-step history at the global step, the campaign summaries at the campaign index
+    steps = [s for s in read_trace(cell / "trace.jsonl") if s["type"] == "step"]
+    hist = client.get_metric_history(r.info.run_id, "eval_pass1")
+    assert sorted((m.step, m.value) for m in hist) == \
+        sorted((s["global_step"], s["eval_pass1"]) for s in steps)
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "campaign/peak")] == [0, 1]
+    _assert_mlflow_history_is_the_trace(first_run)
+    arts = {f.path for f in client.list_artifacts(r.info.run_id)}
+    assert {"decisions.json", "trace.jsonl", "result.json", "checkpoints"} <= arts
+    ckpts = {f.path for f in client.list_artifacts(r.info.run_id, "checkpoints")}
+    assert {"checkpoints/c0_last.safetensors", "checkpoints/c1_last.safetensors"} <= ckpts
+
+
 def test_second_run_identical_apart_from_timing(first_run: Path, tmp_path: Path) -> None:
     r = _bench(tmp_path / "run2")
     assert r.returncode == 0, r.stderr
@@ -133,3 +195,19 @@ def test_killed_run_resumes_to_identical_results(first_run: Path, tmp_path: Path
     ra = json.loads((a / "result.json").read_text())
     rb = json.loads((trace.parent / "result.json").read_text())
     assert ra == rb
+    # the killed bench had logged part of the cell; the resumed one logged the rest, once
+    _, runs = _mlflow_cell_runs(out)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    _assert_mlflow_history_is_the_trace(out, timings_may_differ=True)
+
+
+def test_report_of_a_real_run(first_run: Path, tmp_path: Path) -> None:
+    from harness.report import write_report
+
+    md, page, missing = write_report(first_run, tmp_path)
+    assert missing == [] and md.is_file()
+    text = page.read_text()
+    assert text.count('src="data:image/png;base64,') == 4
+    for needle in ("tiny-smoke", "trace_oracle of naive", "hindsight_oracle of naive",
+                   "mean lead time", "reinforce/naive"):
+        assert needle in text, needle

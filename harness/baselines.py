@@ -1,0 +1,195 @@
+"""Registered baselines: per-seed metrics of a run's arms, stored with their provenance.
+
+One JSON file per spec, `benchmarks/baselines/<spec>.json` (README "Registered baselines"):
+
+    {"format": 1, "spec": NAME, "version": V, "spec_hash": H, "updated_at": ISO-8601 UTC,
+     "arms": [{"model", "method", "controller", "seeds": [...],
+               "per_seed": [{"seed", "cell_id", "metrics": {METRIC: value, ...}}, ...],
+               "provenance": {"registered_at", "run_dir", "spec", "version", "spec_hash",
+                              "grid_hash", "harness_version", "git_commit",
+                              "environment": {python, platform, packages, cpu, gpu, cuda,
+                                              torch_threads}}}, ...]}
+
+Registering again with the same spec_hash replaces the registered arms and keeps the others;
+a different spec_hash replaces the file. A baseline whose spec_hash differs from a run's is
+*stale*: reported, never used for gating.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.rundir import write_json
+from harness.stats import METRIC_FIELDS, cell_metric
+
+BASELINE_FORMAT = 1
+ENV_KEYS = ("python", "platform", "packages", "cpu", "gpu", "cuda", "torch_threads")
+
+
+def baselines_dir() -> Path:
+    """$HARNESS_BASELINES, else benchmarks/baselines (beside the registered specs)."""
+    env = os.environ.get("HARNESS_BASELINES")
+    if env:
+        return Path(env)
+    from harness.spec import benchmarks_dir
+
+    return benchmarks_dir() / "baselines"
+
+
+def baseline_path(spec_name: str, root: Path | None = None) -> Path:
+    return (root or baselines_dir()) / f"{spec_name}.json"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{what} {path} is not a JSON object")
+    return doc
+
+
+def _arm_matches(arm: tuple[str, str, str], wanted: str) -> bool:
+    """`method/controller` matches the arm on every model; `model/method/controller` one."""
+    parts = tuple(wanted.split("/"))
+    return len(parts) in (2, 3) and arm[-len(parts):] == parts
+
+
+def build_arms(results: dict[str, Any], provenance: dict[str, Any],
+               arms: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Baseline arm entries from a run's results.json: every arm with finished cells (or the
+    arms named `method/controller` / `model/method/controller`). UserError if a named arm has
+    no finished cell."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for c in results.get("cells") or []:
+        key = (c["model"], c["method"], c["controller"])
+        groups.setdefault(key, [])
+        if c.get("status") == "finished":
+            groups[key].append(c)
+    wanted = list(arms or [])
+    for w in wanted:
+        if len(w.split("/")) not in (2, 3):
+            raise UserError(f"--arm {w}: name an arm as method/controller or "
+                            "model/method/controller")
+        hits = [k for k in groups if _arm_matches(k, w)]
+        if not hits:
+            known = ", ".join(sorted({f"{m}/{c}" for _, m, c in groups}))
+            raise UserError(f"--arm {w}: no such arm in the run (known: {known})")
+        if not any(groups[k] for k in hits):
+            raise UserError(f"--arm {w}: no finished cell in the run; finish it with "
+                            "`harness bench` first")
+    out = []
+    for key, done in groups.items():
+        if not done or (wanted and not any(_arm_matches(key, w) for w in wanted)):
+            continue
+        per_seed = [{"seed": int(c["seed"]), "cell_id": c.get("cell_id"),
+                     "metrics": {m: cell_metric(c, m) for m in METRIC_FIELDS}}
+                    for c in sorted(done, key=lambda c: c["seed"])]
+        out.append({"model": key[0], "method": key[1], "controller": key[2],
+                    "seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
+                    "provenance": provenance})
+    if not out:
+        raise UserError("the run has no finished cell to register; run `harness bench` first")
+    return out
+
+
+def register(run_dir: Path, arms: Iterable[str] | None = None, root: Path | None = None
+             ) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """Register a run's finished arms as the baseline of its spec: (path, document, the arm
+    entries written). Keeps previously registered arms of the same spec_hash."""
+    from harness.compare import load_run_files
+
+    results, resolved = load_run_files(run_dir)
+    env_path = run_dir / "environment.json"
+    env = _read_json(env_path, "environment") if env_path.exists() else {}
+    now = _now()
+    provenance = {
+        "registered_at": now, "run_dir": str(run_dir.resolve()),
+        "spec": results["spec"], "version": results["version"],
+        "spec_hash": results["spec_hash"], "grid_hash": resolved.get("grid_hash"),
+        "harness_version": results.get("harness_version") or env.get("harness_version"),
+        "git_commit": env.get("git_commit"),
+        "environment": {k: env.get(k) for k in ENV_KEYS if k in env},
+    }
+    new = build_arms(results, provenance, arms)
+    path = baseline_path(results["spec"], root)
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        old = load_baseline_file(path)
+        if old["spec_hash"] == results["spec_hash"]:
+            replaced = {(a["model"], a["method"], a["controller"]) for a in new}
+            kept = [a for a in old["arms"]
+                    if (a["model"], a["method"], a["controller"]) not in replaced]
+    doc = {"format": BASELINE_FORMAT, "spec": results["spec"], "version": results["version"],
+           "spec_hash": results["spec_hash"], "updated_at": now, "arms": kept + new}
+    write_json(path, doc)
+    return path, doc, new
+
+
+def load_baseline_file(path: Path) -> dict[str, Any]:
+    """Read and check a baseline file; UserError (one line) if it is malformed."""
+    doc = _read_json(path, "baseline")
+    fix = "re-register it with `harness baseline register RUN`"
+    if doc.get("format") != BASELINE_FORMAT:
+        raise UserError(f"baseline {path} has format {doc.get('format')!r}, this harness reads "
+                        f"{BASELINE_FORMAT}; {fix}")
+    bad = ", ".join(k for k in ("spec", "version", "spec_hash", "arms") if k not in doc)
+    try:
+        for a in [] if bad else doc["arms"]:
+            bad = ", ".join(k for k in ("model", "method", "controller", "per_seed")
+                            if k not in a)
+            for p in [] if bad else a["per_seed"]:
+                if not isinstance(p["seed"], int) or not isinstance(p["metrics"], dict):
+                    bad = "per_seed"
+            if bad:
+                break
+    except (KeyError, TypeError) as e:
+        bad = f"per_seed ({e})"
+    if bad:
+        raise UserError(f"baseline {path} is malformed (missing or bad {bad}); {fix}")
+    return doc
+
+
+def load_baseline(spec_name: str, root: Path | None = None) -> tuple[Path, dict[str, Any] | None]:
+    """(path, document or None when no baseline is registered for the spec)."""
+    path = baseline_path(spec_name, root)
+    return path, (load_baseline_file(path) if path.exists() else None)
+
+
+def stale_message(path: Path, doc: dict[str, Any], results: dict[str, Any]) -> str | None:
+    """One line when the baseline was registered for another spec_hash than the run's."""
+    if doc["spec_hash"] == results["spec_hash"]:
+        return None
+    return (f"registered baseline {path} is stale: registered for {doc['spec']}@{doc['version']} "
+            f"spec_hash {str(doc['spec_hash'])[:12]}, the run is {results['spec']}@"
+            f"{results['version']} spec_hash {str(results['spec_hash'])[:12]}; not used for "
+            "gating (re-register with `harness baseline register RUN`)")
+
+
+def baseline_results(doc: dict[str, Any]) -> dict[str, Any]:
+    """A baseline as results.json-shaped data (finished cells with `end_of_chain` and
+    `aggregates`), so comparisons read it like a run."""
+    cells = []
+    for a in doc["arms"]:
+        for p in a["per_seed"]:
+            cell: dict[str, Any] = {"model": a["model"], "method": a["method"],
+                                    "controller": a["controller"], "seed": int(p["seed"]),
+                                    "cell_id": p.get("cell_id"), "status": "finished"}
+            for metric, (section, key) in METRIC_FIELDS.items():
+                cell.setdefault(section, {})[key] = p["metrics"].get(metric)
+            cells.append(cell)
+    return {"spec": doc["spec"], "version": doc["version"], "spec_hash": doc["spec_hash"],
+            "cells": cells, "source": f"registered baseline ({doc.get('updated_at', '?')})"}
