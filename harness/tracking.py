@@ -317,6 +317,34 @@ def _local_dir(uri: str | None) -> Path | None:
     return None
 
 
+def seed_store(dest: Path, artifact_root: str) -> None:
+    """Create an empty embedded store at `dest` by copying a migrated one cached in
+    $HARNESS_CACHE/mlflow/ (per MLflow version): MLflow's schema migrations take several
+    seconds on every new store. MLflow's `Default` experiment is pointed at `artifact_root`."""
+    import sqlite3
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    cache = Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+    template = cache / "mlflow" / f"empty-store-{mlflow.__version__}.db"
+    if not template.exists():
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
+        os.replace(tmp, template)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.copyfile(template, tmp)
+    con = sqlite3.connect(tmp)
+    try:
+        with con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (artifact_root,))
+    finally:
+        con.close()
+    os.replace(tmp, dest)
+
+
 # --------------------------------------------------------------------------- writer
 class _GiveUp(Exception):
     """The close deadline passed while the store still failed."""
@@ -589,6 +617,9 @@ class Tracker:
         for name, level in (("mlflow", logging.WARNING), ("alembic", logging.WARNING),
                             ("mlflow.store.db.utils", logging.CRITICAL)):
             logging.getLogger(name).setLevel(level)
+        if self.embedded and not (self.run_dir / STORE_FILE).exists():
+            with contextlib.suppress(Exception):  # else MLflow creates it (slower)
+                seed_store(self.run_dir / STORE_FILE, (self.run_dir / ARTIFACTS_DIR).as_uri())
         factory = self._client_factory or (lambda uri: MlflowClient(tracking_uri=uri))
         self._client = factory(self.uri)
         exp_id = self._call(self._experiment)

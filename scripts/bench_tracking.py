@@ -132,7 +132,7 @@ def main() -> None:
         print(f"latency record -> committed: median {1e3 * statistics.median(latencies):.1f} "
               f"ms, max {1e3 * max(latencies):.1f} ms (wall; the cells never wait for it)")
         print(f"one-off: open the store {open_wall:.2f} s wall / {open_cpu:.2f} s CPU "
-              f"(import + schema on first use); reconcile at exit {1e3 * reconcile_cpu / len(cells):.0f} "
+              f"(import mlflow, create the store); reconcile at exit {1e3 * reconcile_cpu / len(cells):.0f} "
               f"ms CPU per cell; checkpoints {ckpt_bytes / 2**20:.1f} MiB each (hard-linked)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -76,7 +76,9 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k3 = exp(ref - logp) - (ref - logp) - 1 per token ([N, T'] -> [N, T']); >= 0 always,
     unbiased for KL(pi || ref) on samples from pi (Schulman's estimator; TRL's per_token_kl)."""
     d = ref_logp - logp
-    return torch.exp(d) - d - 1
+    # expm1(d) - d is exp(d) - 1 - d without the cancellation near d = 0; the clamp removes
+    # the last-ulp negatives rounding can still leave (k3 is >= 0 by definition).
+    return (torch.expm1(d) - d).clamp_min(0.0)
 
 
 def kl_per_token(
