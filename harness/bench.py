@@ -209,11 +209,15 @@ def arms_table(results: dict[str, Any]) -> Table:
 
 
 def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
-          log_checkpoints: str = "carried") -> tuple[Path, dict]:
-    """Run every unfinished cell of `spec`; return (run_dir, results). Everything is logged
-    to MLflow as it runs (`harness.tracking`; `log_checkpoints`: its checkpoint policy)."""
-    from harness.executors.local import run_local
+          log_checkpoints: str = "carried", executor: str = "local",
+          executor_options: dict[str, Any] | None = None) -> tuple[Path, dict]:
+    """Run every unfinished cell of `spec` with `executor` (`harness.executors`); return
+    (run_dir, results). Everything is logged to MLflow as it runs (`harness.tracking`;
+    `log_checkpoints`: its checkpoint policy)."""
+    from harness.executors import ExecutorOptions, get_executor
     from harness.tracking import Tracker
+
+    run = get_executor(executor)
 
     run_dir, cells = prepare_run_dir(spec, out)
     todo = {c.cell_id: run_dir / "cells" / c.cell_id for c in cells
@@ -258,7 +262,9 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
                         failures[cid] = why.removeprefix(f"cell {cid}: ")
                         prog.update(bars[cid], description=f"{cid}  [red]failed[/]")
 
-            run_local(todo, jobs, on_event)
+            run(todo, jobs, on_event, ExecutorOptions(
+                run_dir=run_dir, gpus_per_cell=spec.resources.gpus_per_cell,
+                cpus_per_cell=spec.resources.cpus_per_cell, **(executor_options or {})))
     results = collect_results(spec, run_dir, cells, failures)
     tracking = tracker.close()
     if tracking.ok:

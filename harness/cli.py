@@ -174,8 +174,20 @@ def bench(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
                                       help="Cells run in parallel processes.")] = 1,
     log_checkpoints: LogCheckpoints = "carried",
+    executor: Annotated[str, typer.Option(
+        "--executor", help="Where cells run: local (processes here), docker (a trainer "
+        "container per cell, one grader container), ray (Ray tasks on a cluster).")] = "local",
+    address: Annotated[str | None, typer.Option(
+        "--address", help="ray: the cluster to join (e.g. auto, ray://head:10001); default: "
+        "start a local one.")] = None,
+    trainer_image: Annotated[str | None, typer.Option(
+        "--trainer-image", help="docker: trainer image (default $HARNESS_TRAINER_IMAGE, else "
+        "harness-trainer:latest).")] = None,
+    grader_image: Annotated[str | None, typer.Option(
+        "--grader-image", help="docker: grader image (default $HARNESS_GRADER_IMAGE, else "
+        "harness-grader:latest).")] = None,
 ) -> None:
-    """Run every cell of a spec on this machine and print the summary table.
+    """Run every cell of a spec and print the summary table.
 
     Re-running the same command skips finished cells and resumes interrupted ones from their
     last finished campaign. Exit 1 if any cell failed (the others still finish). Everything
@@ -185,7 +197,9 @@ def bench(
     from harness.spec import load_spec
 
     s, _ = load_spec(spec)
-    _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints)
+    opts = {"address": address, "trainer_image": trainer_image, "grader_image": grader_image}
+    _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints,
+                           executor=executor, executor_options=opts)
     if any(c["status"] != "finished" for c in results["cells"]):
         raise typer.Exit(1)
 

@@ -1,0 +1,74 @@
+"""Executors: where a cell's process runs. Every executor runs the same entry point
+(`harness run-cell CELL_DIR`) and reports progress through the same events, read from each
+cell's trace (the source of truth):
+
+- ``{"event": "start", "records": [...]}``: the cell started (or its trace was rewritten by a
+  resume); ``records`` are the trace records it already has;
+- ``{"event": "record", "record": {...}}``: one new trace record;
+- ``{"event": "exit", "returncode": int, "error": str | None}``: the cell ended.
+
+An executor is a function ``run(cells, jobs, on_event, options) -> {cell_id: returncode}``
+registered in ``EXECUTORS``; `harness bench --executor NAME` picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.errors import UserError
+
+OnEvent = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """What an executor may need beyond the cells: the run directory, the spec's resource
+    requests, and executor-specific settings from the command line."""
+
+    run_dir: Path
+    gpus_per_cell: float = 0.0
+    cpus_per_cell: float = 1.0
+    address: str | None = None          # ray: cluster address (None: start a local one)
+    trainer_image: str | None = None    # docker: trainer image (tag or digest)
+    grader_image: str | None = None     # docker: grader image (tag or digest)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    def __call__(self, cells: dict[str, Path], jobs: int, on_event: OnEvent,
+                 options: ExecutorOptions) -> dict[str, int]: ...
+
+
+def _local(cells: dict[str, Path], jobs: int, on_event: OnEvent,
+           options: ExecutorOptions) -> dict[str, int]:
+    from harness.executors.local import run_local
+
+    return run_local(cells, jobs, on_event)
+
+
+def _docker(cells: dict[str, Path], jobs: int, on_event: OnEvent,
+            options: ExecutorOptions) -> dict[str, int]:
+    from harness.executors.docker import run_docker
+
+    return run_docker(cells, jobs, on_event, options)
+
+
+def _ray(cells: dict[str, Path], jobs: int, on_event: OnEvent,
+         options: ExecutorOptions) -> dict[str, int]:
+    from harness.executors.ray import run_ray
+
+    return run_ray(cells, jobs, on_event, options)
+
+
+EXECUTORS: dict[str, Executor] = {"local": _local, "docker": _docker, "ray": _ray}
+
+
+def get_executor(name: str) -> Executor:
+    try:
+        return EXECUTORS[name]
+    except KeyError:
+        raise UserError(f"unknown executor {name!r}; choose one of "
+                        f"{', '.join(sorted(EXECUTORS))}") from None
