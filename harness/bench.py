@@ -54,12 +54,30 @@ def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
     return run_dir, cells
 
 
+def record_executor(run_dir: Path, info: dict[str, Any]) -> None:
+    """Add where this invocation runs the cells (the executor; for docker, the images by
+    digest) to the run's environment.json (rewritten by every invocation)."""
+    path = run_dir / "environment.json"
+    try:
+        env = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        env = {}
+    write_json(path, {**env, "executor": info})
+
+
 def cell_finished(cell_dir: Path) -> bool:
     try:
         res = json.loads((cell_dir / "result.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return res.get("end_of_chain") is not None
+
+
+def _read_executor(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "environment.json").read_text()).get("executor")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
@@ -83,6 +101,7 @@ def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
         "schema_version": RESULTS_SCHEMA_VERSION,
         "spec": spec.name, "version": spec.version, "spec_hash": spec_hash(spec),
         "harness_version": __version__,
+        "executor": _read_executor(run_dir),
         "cells": out_cells,
         "arms": arm_rows(out_cells),
     }
@@ -214,12 +233,16 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
     """Run every unfinished cell of `spec` with `executor` (`harness.executors`); return
     (run_dir, results). Everything is logged to MLflow as it runs (`harness.tracking`;
     `log_checkpoints`: its checkpoint policy)."""
-    from harness.executors import ExecutorOptions, get_executor
+    from harness.executors import ExecutorOptions, describe, get_executor
     from harness.tracking import Tracker
 
     run = get_executor(executor)
 
     run_dir, cells = prepare_run_dir(spec, out)
+    options = ExecutorOptions(run_dir=run_dir, gpus_per_cell=spec.resources.gpus_per_cell,
+                              cpus_per_cell=spec.resources.cpus_per_cell,
+                              **(executor_options or {}))
+    record_executor(run_dir, describe(executor, options))
     todo = {c.cell_id: run_dir / "cells" / c.cell_id for c in cells
             if not cell_finished(run_dir / "cells" / c.cell_id)}
     console.print(f"run directory: {run_dir}  ({len(cells) - len(todo)} of {len(cells)} cells "
@@ -262,9 +285,7 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
                         failures[cid] = why.removeprefix(f"cell {cid}: ")
                         prog.update(bars[cid], description=f"{cid}  [red]failed[/]")
 
-            run(todo, jobs, on_event, ExecutorOptions(
-                run_dir=run_dir, gpus_per_cell=spec.resources.gpus_per_cell,
-                cpus_per_cell=spec.resources.cpus_per_cell, **(executor_options or {})))
+            run(todo, jobs, on_event, options)
     results = collect_results(spec, run_dir, cells, failures)
     tracking = tracker.close()
     if tracking.ok:

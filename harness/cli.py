@@ -112,6 +112,7 @@ def plan(
     if as_json:
         doc = {
             "spec": s.name, "version": s.version, "spec_hash": h, "n_cells": len(cells),
+            "distributed": s.resources.distributed, "gpus_per_cell": s.resources.gpus_per_cell,
             "cells": [{**c.keys(), "campaigns": s.chain.campaigns, "steps": s.chain.steps}
                       for c in cells],
         }
@@ -128,6 +129,15 @@ def plan(
         table.add_row(k["cell_id"], k["model"], k["method"], k["controller"], str(c.seed),
                       str(s.chain.campaigns), str(s.chain.steps))
     out.print(table)
+    if s.resources.distributed != "none":
+        from harness.distributed import NOT_IMPLEMENTED, load
+
+        d = load(s.resources.distributed)
+        out.print(f"training: {d.name} (accelerate + DeepSpeed ZeRO-{d.zero_stage}, "
+                  f"{s.resources.gpus_per_cell:g} GPUs per cell, "
+                  f"{d.accelerate_config.relative_to(d.accelerate_config.parents[2])}): "
+                  f"{NOT_IMPLEMENTED.replace('asks for', 'needs')}", markup=False,
+                  highlight=False)
 
 
 @app.command("spec-schema")
@@ -147,6 +157,11 @@ def components() -> None:
 
     for reg in (METHODS, CONTROLLERS, TASK_SOURCES):
         out.print(f"{reg.kind}s: {', '.join(reg.names())}", markup=False)
+    from harness.distributed import available
+    from harness.policy.rollout import ROLLOUT_BACKENDS
+
+    out.print(f"rollout backends: {', '.join(ROLLOUT_BACKENDS)}", markup=False)
+    out.print(f"distributed configurations: none, {', '.join(available())}", markup=False)
 
 
 # --------------------------------------------------------------------------- running

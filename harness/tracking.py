@@ -7,7 +7,7 @@ Layout in the tracking store (README "MLflow"):
                  re-run of `harness bench` on the same directory continues the same runs)
     child run    one per cell (nested: tag `mlflow.parentRunId`; found again by tag `cell_id`)
                  tags: spec, version, spec_hash, grid_hash, cell_id, model, method, controller,
-                 seed, harness_version, git_commit, image_digest (HARNESS_IMAGE_DIGEST), run_dir
+                 seed, harness_version, git_commit, executor, image_digest and grader_image_digest (docker executor; else HARNESS_IMAGE_DIGEST), run_dir
                  params: the flattened resolved cell config (`chain.steps`, `optim.lr`, ...)
                  metrics: see `record_points`; artifacts: decisions.json, trace.jsonl,
                  result.json, config.json, checkpoints/ (by the checkpoint policy)
@@ -672,12 +672,17 @@ class Tracker:
 
     def _common_tags(self) -> dict[str, str]:
         spec = self._meta.get("spec") or {}
+        executor = self._env.get("executor") or {}
+        images = executor.get("images") or {}
         tags = {"spec": spec.get("name"), "version": spec.get("version"),
                 "spec_hash": self._meta.get("spec_hash"),
                 "grid_hash": self._meta.get("grid_hash"),
                 "harness_version": self._env.get("harness_version"),
                 "git_commit": self._env.get("git_commit"),
-                "image_digest": os.environ.get(IMAGE_DIGEST_ENV),
+                "executor": executor.get("name"),
+                "image_digest": (images.get("trainer") or {}).get("id")
+                or os.environ.get(IMAGE_DIGEST_ENV),
+                "grader_image_digest": (images.get("grader") or {}).get("id"),
                 "run_dir": str(self.run_dir)}
         return {k: str(v) for k, v in tags.items() if v not in (None, "")}
 

@@ -22,3 +22,28 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 _hypothesis_settings.register_profile("harness", derandomize=True)
 _hypothesis_settings.load_profile("harness")
+
+
+# --------------------------------------------------------------------------- Docker
+REPO_ROOT = REPO
+
+
+@pytest.fixture(scope="session")
+def docker_images() -> dict[str, str]:
+    """A Docker engine and the harness images, built offline on a local Debian base by
+    containers/build-local.sh (what CI does). Skipped, with the reason, only where no engine
+    can be started; a failing base or image build fails the tests that need it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        pytest.skip("no docker client installed (apt-get install docker.io)")
+    up = subprocess.run([str(REPO / "containers" / "engine.sh"), "up"], capture_output=True,
+                        text=True, timeout=120)
+    if up.returncode != 0:
+        pytest.skip(f"no Docker engine can be started here: {up.stderr.strip()}")
+    built = subprocess.run([str(REPO / "containers" / "build-local.sh")], capture_output=True,
+                           text=True, timeout=1800, cwd=REPO)
+    assert built.returncode == 0, f"containers/build-local.sh failed:\n{built.stderr[-3000:]}"
+    return {"trainer": "harness-trainer:cpu", "grader": "harness-grader:local",
+            "base": "local/bookworm-py"}

@@ -66,6 +66,18 @@ def _ray(cells: dict[str, Path], jobs: int, on_event: OnEvent,
 EXECUTORS: dict[str, Executor] = {"local": _local, "docker": _docker, "ray": _ray}
 
 
+def describe(name: str, options: ExecutorOptions) -> dict[str, Any]:
+    """What identifies where a run's cells ran (recorded in environment.json, results.json
+    and MLflow tags): for docker, the trainer and grader images by digest. Raises UserError
+    early when the executor cannot run at all (no engine, a missing image)."""
+    get_executor(name)
+    if name == "docker":
+        from harness.executors.docker import describe as describe_docker
+
+        return describe_docker(options)
+    return {"name": name}
+
+
 def get_executor(name: str) -> Executor:
     try:
         return EXECUTORS[name]

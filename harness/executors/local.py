@@ -90,8 +90,14 @@ def _forward(cp: CellProcess, on_event: Callable[[str, dict[str, Any]], None]) -
 
 
 def run_local(cell_dirs: dict[str, Path], jobs: int,
-              on_event: Callable[[str, dict[str, Any]], None]) -> dict[str, int]:
-    """Run cells with at most `jobs` processes; return {cell_id: exit code}."""
+              on_event: Callable[[str, dict[str, Any]], None],
+              command: Callable[[CellProcess], list[str]] | None = None,
+              release: Callable[[CellProcess], None] | None = None) -> dict[str, int]:
+    """Run cells with at most `jobs` processes; return {cell_id: exit code}.
+
+    `command(cell)` is the process that runs a cell (default: `harness run-cell` here; the
+    docker executor's `docker run ...`); `release(cell)` is called once that process has
+    ended, however it ended (the docker executor frees the cell's GPUs and container)."""
     pending = [CellProcess(cid, d) for cid, d in cell_dirs.items()]
     running: list[CellProcess] = []
     codes: dict[str, int] = {}
@@ -101,7 +107,8 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
             while pending and len(running) < jobs:
                 cp = pending.pop(0)
                 log = open(cp.cell_dir / "log.txt", "ab")  # noqa: SIM115 (owned by the child)
-                cp.proc = subprocess.Popen(cell_command(cp.cell_dir), stdout=log,
+                argv = command(cp) if command else cell_command(cp.cell_dir)
+                cp.proc = subprocess.Popen(argv, stdout=log,
                                            stderr=subprocess.STDOUT, env=env,
                                            preexec_fn=_die_with_parent)
                 log.close()
@@ -117,6 +124,8 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                 if rc is not None:
                     _forward(cp, on_event)
                     codes[cp.cell_id] = rc
+                    if release:
+                        release(cp)
                     on_event(cp.cell_id, {"event": "exit", "returncode": rc,
                                           "error": last_error(cp.cell_dir) if rc else None})
                     running.remove(cp)
@@ -130,4 +139,6 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                     cp.proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     cp.proc.kill()
+            if release:
+                release(cp)
     return codes

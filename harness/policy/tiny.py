@@ -85,12 +85,24 @@ def ensure_tiny(recipe: TinyRecipe | None = None, cache_dir: Path | None = None,
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
             _build(recipe, tmp, progress)
+            make_readable(tmp)  # mkdtemp made it owner-only; others (containers) read the cache too
             if final.exists():  # a stale, incomplete directory (no recipe.json)
                 shutil.rmtree(final)
             os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def make_readable(path: Path) -> None:
+    """Give a built model directory the modes an ordinary directory gets (umask applies)."""
+    umask = 0o022
+    with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux: no umask() race
+        status = Path("/proc/self/status").read_text().splitlines()
+        umask = int(next(ln for ln in status if ln.startswith("Umask:")).split()[1], 8)
+    path.chmod(0o777 & ~umask)
+    for f in path.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 @contextlib.contextmanager
