@@ -134,6 +134,27 @@ def test_load_policy_tiny_tokenizer_keeps_whitespace(policy):
     assert policy.tokenizer(text)["input_ids"] == build_char_tokenizer()(text)["input_ids"]
 
 
+def test_a_tiny_build_given_as_a_local_directory_loads_as_itself(tmp_path: Path):
+    """A copy of a tiny build passed as a path (what ci/gpu-smoke.sh does) keeps the character
+    tokenizer (AutoTokenizer would give Qwen2Tokenizer, which drops whitespace) and so samples
+    exactly what `id: tiny` samples."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(ensure_tiny(RECIPE), copy)
+    local = load_policy(ModelSpec(id=str(copy)))
+    tiny = load_policy(ModelSpec(id="tiny", tiny=RECIPE))
+    text = "def f(x):\n    return x + 1\n"
+    assert local.tokenizer(text)["input_ids"] == tiny.tokenizer(text)["input_ids"]
+    assert local.source == f"local:{copy.resolve()}"
+    backend = HFGenerateBackend()
+    a = backend.generate(local, PROMPTS, n=2, temperature=1.0, top_p=1.0, max_new_tokens=8,
+                         seed=3)
+    b = backend.generate(tiny, PROMPTS, n=2, temperature=1.0, top_p=1.0, max_new_tokens=8,
+                         seed=3)
+    assert a.texts == b.texts
+
+
 def test_generate_is_reproducible_from_the_seed(policy):
     gen = HFGenerateBackend()
     a = gen.generate(policy, PROMPTS, 3, 1.0, 1.0, 12, seed=7)

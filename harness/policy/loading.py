@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ class Policy:
     """A causal LM with its tokenizer, ready for rollouts and updates.
 
     `source` says where it came from: `tiny:<recipe_hash>`, `local:<dir>` or
-    `hub:<id>@<revision>`. `use_chat_template` is resolved from `ModelSpec.chat_template`.
+    `hub:<id>@<revision>`; `path` and `revision` are what `from_pretrained` was given (a
+    rollout engine that loads the model itself, such as vLLM, loads the same).
+    `use_chat_template` is resolved from `ModelSpec.chat_template`.
     """
 
     model: Any  # transformers PreTrainedModel
@@ -29,6 +32,8 @@ class Policy:
     dtype: torch.dtype
     source: str
     use_chat_template: bool = False
+    path: str | None = None  # what from_pretrained loaded: a directory or a hub id
+    revision: str | None = None  # the hub revision (None: a directory, or the hub's main)
 
     def format_prompt(self, text: str) -> str:
         """`text` as one user turn of the chat template (with the generation prompt) when
@@ -86,9 +91,10 @@ def load_policy(spec: ModelSpec, cache_dir: Path | None = None) -> Policy:
         where, revision = spec.id, spec.revision
         source = f"hub:{spec.id}@{revision or 'main'}"
     try:
-        if spec.id == "tiny":
+        if spec.id == "tiny" or (isinstance(where, Path) and is_tiny_dir(where)):
             # The character tokenizer must load as itself: AutoTokenizer follows config.json's
-            # model_type (qwen2) to Qwen2Tokenizer, which drops spaces and newlines.
+            # model_type (qwen2) to Qwen2Tokenizer, which drops spaces and newlines. Also when
+            # a copy of a tiny build is given as a local directory (the GPU smoke does this).
             from transformers import PreTrainedTokenizerFast
 
             tokenizer = PreTrainedTokenizerFast.from_pretrained(where)
@@ -101,7 +107,18 @@ def load_policy(spec: ModelSpec, cache_dir: Path | None = None) -> Policy:
     model.to(device)
     model.eval()
     return Policy(model=model, tokenizer=tokenizer, device=device, dtype=dtype, source=source,
-                  use_chat_template=_use_chat_template(spec, tokenizer))
+                  use_chat_template=_use_chat_template(spec, tokenizer), path=str(where),
+                  revision=revision)
+
+
+def is_tiny_dir(path: Path) -> bool:
+    """True when `path` holds a build of the tiny policy (its `recipe.json` names a recipe
+    hash), e.g. a copy of `$HARNESS_CACHE/tiny/<hash>/` passed as a local directory."""
+    try:
+        meta = json.loads((path / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "recipe_hash" in meta and "recipe" in meta
 
 
 def _load_failure(model_id: str, where: str | Path, err: Exception) -> str:

@@ -1,12 +1,15 @@
 """Rollout backends: sample n completions for each prompt.
 
-`HFGenerateBackend` (default) batches every sample into one `model.generate` call (left-padded
-prompts, KV cache). A vLLM backend can implement the same `RolloutBackend` protocol later.
+`HFGenerateBackend` (`hf`, default) batches every sample into one `model.generate` call
+(left-padded prompts, KV cache). `VLLMBackend` (`vllm`, `harness.policy.vllm_backend`) samples
+with a colocated vLLM engine when vLLM and a GPU are there; `make_backend` picks one.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -71,7 +74,7 @@ class Rollouts:
 
 
 class RolloutBackend(Protocol):
-    """Samples completions; implementations: `hf` (HFGenerateBackend), later `vllm`."""
+    """Samples completions; implementations: `hf` (HFGenerateBackend), `vllm` (VLLMBackend)."""
 
     name: str
 
@@ -138,13 +141,31 @@ def _cut_at_eos(row: list[int], eos_id: int) -> list[int]:
     return row[: row.index(eos_id) + 1] if eos_id in row else row
 
 
-ROLLOUT_BACKENDS: dict[str, type] = {"hf": HFGenerateBackend}
+ROLLOUT_BACKENDS = ("hf", "vllm")
 
 
-def make_backend(name: str) -> RolloutBackend:
-    """The backend named by `RolloutSpec.backend` (`hf`; `vllm` is not built in yet)."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def make_backend(name: str, policy: Policy | None = None,
+                 warn: Callable[[str], None] | None = None) -> RolloutBackend:
+    """The backend named by `RolloutSpec.backend`: `hf`, or `vllm` when vLLM is installed and
+    the policy is on a CUDA GPU. Otherwise `vllm` falls back to `hf` and says so in one
+    `warning:` line (`warn`, default stderr: the cell's log.txt); the rollouts are then
+    exactly those of a cell with backend hf."""
     from harness.errors import UserError
 
-    if name not in ROLLOUT_BACKENDS:
-        raise UserError(f"rollout backend {name!r} is not available; use backend: hf")
-    return ROLLOUT_BACKENDS[name]()
+    if name == "hf":
+        return HFGenerateBackend()
+    if name == "vllm":
+        from harness.policy.vllm_backend import VLLMBackend, vllm_unavailable
+
+        why = vllm_unavailable(policy)
+        if why is None:
+            return VLLMBackend()
+        (warn or _stderr)(f"warning: rollout backend vllm falls back to hf (transformers "
+                          f"generate): {why}")
+        return HFGenerateBackend()
+    raise UserError(f"rollout backend {name!r} is not available; use backend: "
+                    + " or ".join(ROLLOUT_BACKENDS))

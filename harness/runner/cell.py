@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ from harness.spec.schema import (
     RolloutSpec,
     TasksSpec,
 )
+
+# Set (by the docker executor) to a grader service's Unix socket: grade there, not in-process.
+GRADER_SOCKET_ENV = "HARNESS_GRADER_SOCKET"
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -106,6 +110,11 @@ class CellRunner:
         from harness.tasks import load_selection
 
         cfg = self.cfg
+        if cfg.resources.distributed != "none":
+            from harness.distributed import NOT_IMPLEMENTED
+
+            raise UserError(f"cell {cfg.cell_id}: resources.distributed: "
+                            f"{cfg.resources.distributed} {NOT_IMPLEMENTED}")
         self.controller = make_controller(cfg.controller.name, cfg.controller.params)
         try:
             selection = load_selection(cfg.tasks)
@@ -118,7 +127,7 @@ class CellRunner:
         self.policy = load_policy(cfg.model)
         write_json(self.dir / "prompts.json", prompt_records(self.policy, self.splits))
         self.model = self.policy.model
-        self.backend = make_backend(cfg.rollout.backend)
+        self.backend = make_backend(cfg.rollout.backend, self.policy)
         self.store = CheckpointStore(self.dir / "checkpoints", self.model)
         self.store.keep_init()
         self.limits = {"timeout_s": cfg.grader.timeout_s, "memory_mb": cfg.grader.memory_mb,
@@ -127,10 +136,15 @@ class CellRunner:
     def _grader_pool(self) -> Any:
         if self._grader is not None:
             return self._grader
-        from grader_sandbox import GraderError, GraderPool
+        from grader_sandbox import GraderClient, GraderError, GraderPool
 
+        socket_path = os.environ.get(GRADER_SOCKET_ENV)
         try:
-            self._grader = GraderPool(workers=self.cfg.grader.workers)
+            if socket_path:  # a grader service (the docker executor's grader container)
+                self._grader = GraderClient(socket_path)
+                self._grader.health()
+            else:
+                self._grader = GraderPool(workers=self.cfg.grader.workers)
         except GraderError as e:
             raise UserError(f"cell {self.cfg.cell_id}: grader cannot start: {e}") from None
         self._owns_grader = True

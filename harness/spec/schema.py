@@ -254,8 +254,12 @@ class RolloutSpec(_Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for training.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for training.")
     max_new_tokens: PositiveInt = Field(512, description="Completion length cap.")
-    backend: Literal["hf"] = Field(
-        "hf", description="Rollout backend: hf (transformers generate). A vLLM backend is planned.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Rollout backend: hf (transformers generate) or vllm (a vLLM engine "
+        "colocated with the policy on its GPU, weights synced before every rollout; needs the "
+        "`gpu` extra and a CUDA GPU, else falls back to hf with a warning in the cell log; "
+        "not yet verified against a real vLLM, see README \"Rollout backends\"). Part of "
+        "the cell's identity: the two sample differently.")
 
 
 class OptimSpec(_Strict):
@@ -311,6 +315,36 @@ class ExcludeRule(_Strict):
 class ResourcesSpec(_Strict):
     gpus_per_cell: float = Field(0, ge=0, description="GPUs requested per cell (ray/docker).")
     cpus_per_cell: float = Field(1, gt=0, description="CPUs requested per cell (ray).")
+    distributed: str = Field(
+        "none", description="How one cell trains: `none` (one process) or an accelerate + "
+        "DeepSpeed configuration shipped in harness/distributed, on gpus_per_cell GPUs: "
+        "zero2-3b (ZeRO-2, models up to ~4B), zero3-7b (ZeRO-3, 7B). Not implemented by the "
+        "cell runner yet: a cell that selects one refuses to start (README \"Distributed "
+        "training\").")
+
+    @field_validator("distributed")
+    @classmethod
+    def _known_distributed(cls, v: str) -> str:
+        from harness import distributed
+
+        known = [distributed.NONE, *distributed.available()]
+        if v not in known:
+            from harness.registry import did_you_mean
+
+            raise ValueError(f"unknown distributed configuration {v!r}"
+                             f"{did_you_mean(v, known)}; known: {', '.join(known)}")
+        if v != distributed.NONE:
+            distributed.load(v)  # a broken shipped file is reported here, not at launch
+        return v
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> ResourcesSpec:
+        if self.distributed != "none" and (self.gpus_per_cell < 1
+                                           or self.gpus_per_cell != int(self.gpus_per_cell)):
+            raise ValueError(f"distributed: {self.distributed} runs one process per GPU: "
+                             f"gpus_per_cell must be a whole number >= 1, not "
+                             f"{self.gpus_per_cell:g}")
+        return self
 
 
 # --------------------------------------------------------------------------- the spec

@@ -1,23 +1,19 @@
 """The grader container, run with the documented flags (needs a Docker engine).
 
-Skipped, with the reason, when no engine answers or no base image is at hand: building a base
-image offline takes minutes (see /work/shared/docs/docker-here.md). Set GRADER_BASE_IMAGE to
-an image with python3 and a libseccomp binding (pyseccomp or Debian's python3-seccomp).
+The engine, the local base and the image come from the session fixture `docker_images`
+(tests/conftest.py: containers/engine.sh, local-base.sh, build-local.sh); skipped, with the
+reason, only where no engine can be started.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = os.environ.get("GRADER_BASE_IMAGE", "local/bookworm-py-seccomp")
-TAG = "grader-sandbox-test:latest"
 RUN_FLAGS = [
     "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=512m",
     "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
@@ -33,15 +29,9 @@ def _docker(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    if shutil.which("docker") is None or _docker("info", timeout=30).returncode != 0:
-        pytest.skip("no Docker engine answering (see /work/shared/docs/docker-here.md)")
-    if _docker("image", "inspect", BASE, timeout=30).returncode != 0:
-        pytest.skip(f"base image {BASE} not present; set GRADER_BASE_IMAGE")
-    built = _docker("build", "-q", "-f", str(ROOT / "containers/grader/Dockerfile"),
-                    "--build-arg", f"BASE_IMAGE={BASE}", "-t", TAG, str(ROOT))
-    assert built.returncode == 0, built.stderr
-    return TAG
+def image(docker_images: dict[str, str]) -> str:
+    """The grader image built by containers/build-local.sh (tests/conftest.py)."""
+    return docker_images["grader"]
 
 
 def test_container_sandbox_starts_with_the_documented_flags(image: str) -> None:

@@ -1,0 +1,79 @@
+"""Multi-GPU training configurations (accelerate + DeepSpeed ZeRO), selected by a spec's
+`resources.distributed` (README "Distributed training").
+
+Each configuration is a pair of files in this folder: `<name>.yaml`, an accelerate config
+(`accelerate launch --config_file`), and `<name>.json`, the DeepSpeed config it names
+(`deepspeed_config.deepspeed_config_file`, a path from the repository root). Shipped:
+
+- `zero2-3b`: ZeRO-2 (optimizer states and gradients sharded, parameters replicated), 2 GPUs,
+  for models up to ~4B parameters in bfloat16 (Qwen2.5-3B, Gemma-3-4B);
+- `zero3-7b`: ZeRO-3 (parameters sharded too, ZeRO-3 init), 4 GPUs, for 7B models.
+
+Batch size, gradient accumulation and clipping are `auto` in the DeepSpeed files: the
+launcher fills them from the spec (rollout sizes, `optim.grad_clip`), as accelerate does for
+`auto` values. The cell runner does not launch through these configurations yet: a cell
+whose spec selects one refuses to start (`NOT_IMPLEMENTED`), and README "Distributed
+training" says what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+NONE = "none"
+
+NOT_IMPLEMENTED = (
+    "asks for multi-process training through accelerate + DeepSpeed, which the cell runner "
+    "does not implement yet (README \"Distributed training\"); set resources.distributed: "
+    "none to train in one process")
+
+
+def available() -> list[str]:
+    """Names of the shipped configurations (each with its .yaml and .json)."""
+    return sorted(p.stem for p in HERE.glob("*.yaml") if (HERE / f"{p.stem}.json").is_file())
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    name: str
+    accelerate_config: Path
+    deepspeed_config: Path
+    zero_stage: int
+    num_processes: int
+    accelerate: dict[str, Any]
+    deepspeed: dict[str, Any]
+
+
+def load(name: str) -> DistributedConfig:
+    """Read and check one configuration: the accelerate config uses DeepSpeed through this
+    folder's JSON of the same name, which enables bf16 and states its ZeRO stage."""
+    import yaml
+
+    if name not in available():
+        raise ValueError(f"no distributed configuration {name!r} (shipped: "
+                         f"{', '.join(available())})")
+    acc_path, ds_path = HERE / f"{name}.yaml", HERE / f"{name}.json"
+    acc = yaml.safe_load(acc_path.read_text())
+    ds = json.loads(ds_path.read_text())
+    problems = []
+    if acc.get("distributed_type") != "DEEPSPEED":
+        problems.append("distributed_type is not DEEPSPEED")
+    named = (acc.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if named is None or (REPO_ROOT / named).resolve() != ds_path:
+        problems.append(f"deepspeed_config_file {named!r} is not {ds_path.relative_to(REPO_ROOT)}")
+    stage = (ds.get("zero_optimization") or {}).get("stage")
+    if stage not in (1, 2, 3):
+        problems.append(f"zero_optimization.stage {stage!r} is not 1, 2 or 3")
+    if not (ds.get("bf16") or {}).get("enabled"):
+        problems.append("bf16 is not enabled")
+    if not isinstance(acc.get("num_processes"), int) or acc["num_processes"] < 1:
+        problems.append(f"num_processes {acc.get('num_processes')!r} is not a positive integer")
+    if problems:
+        raise ValueError(f"distributed configuration {name}: " + "; ".join(problems))
+    return DistributedConfig(name, acc_path, ds_path, int(stage), int(acc["num_processes"]),
+                             acc, ds)
