@@ -75,6 +75,11 @@ def describe(name: str, options: ExecutorOptions) -> dict[str, Any]:
         from harness.executors.docker import describe as describe_docker
 
         return describe_docker(options)
+    if name == "ray":
+        from harness.executors.ray import _import_ray
+
+        return {"name": "ray", "address": options.address or "local",
+                "ray_version": _import_ray().__version__}
     return {"name": name}
 
 
