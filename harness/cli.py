@@ -6,10 +6,11 @@ and exit non-zero (2 for spec problems); tracebacks are kept for bugs.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -504,9 +505,33 @@ _CLICK_ERRORS = _click_classes("ClickException")
 _ABORT = _click_classes("Abort")
 
 
+def reflow(text: str | None) -> str | None:
+    """A docstring as help text: the lines of each paragraph joined into one (the terminal
+    wraps them), except list items and indented lines, which keep their own line."""
+    if not text:
+        return text
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for ln in para.splitlines():
+            if lines and not ln.startswith((" ", "-", "*", "|")):
+                lines[-1] = f"{lines[-1]} {ln.strip()}"
+            else:
+                lines.append(ln)
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def _reflow_tree(command: Any) -> None:
+    command.help = reflow(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _reflow_tree(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors end in one line each and a non-zero exit."""
     command = typer.main.get_command(app)
+    _reflow_tree(command)
     try:
         rc = command.main(args=argv, prog_name="harness", standalone_mode=False)
     except SpecError as e:
