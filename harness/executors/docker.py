@@ -9,10 +9,11 @@ container per run.
   `<run dir>/grader/`, bind-mounted into it and into every trainer container. No TCP, no
   bridge network.
 - Each cell runs `harness run-cell CELL_DIR` in a trainer container with `--network none`,
-  the run directory and the model cache mounted at the same paths as on the host (so every
-  path in a cell's config means the same inside and out), `HARNESS_GRADER_SOCKET` pointing at
-  the grader, and GPUs assigned per cell (`resources.gpus_per_cell`) from this host's GPUs.
-  Models are read from the cache offline: hub models are fetched on the host first.
+  the run directory, the Hugging Face cache (HF_HOME) and the tiny policies the cells use
+  (read-only) mounted at the same paths as on the host (so every path in a cell's config
+  means the same inside and out), `HARNESS_GRADER_SOCKET` pointing at the grader, and GPUs
+  assigned per cell (`resources.gpus_per_cell`) from this host's GPUs. The containers run
+  offline: hub models and task datasets are fetched on the host first.
 - Both containers run as one unprivileged uid: the caller's uid when it is not root (so the
   files they write belong to the caller), else 10001, the images' own user (the run's cell
   directories and the grader's socket directory are then handed to that uid).
@@ -129,35 +130,68 @@ def _chown_tree(path: Path, uid: int) -> None:
                 os.chown(os.path.join(root, name), uid, uid, follow_symlinks=False)
 
 
-def _readable_tiny(cache: Path) -> None:
-    """Tiny policies built before their directories were made readable to others were
-    owner-only: open the ones this user owns to the containers' uid."""
-    from harness.policy.tiny import make_readable
-
-    for d in (cache / "tiny").glob("*"):
-        if d.is_dir() and d.stat().st_uid == os.getuid() and not d.stat().st_mode & 0o005:
-            make_readable(d)
-
-
-def _fetch_hub_models(cells: dict[str, Path]) -> None:
-    """Trainer containers have no network: fetch hub models into the host's cache first."""
-    ids = set()
+def _cell_configs(cells: dict[str, Path]) -> list[dict[str, Any]]:
+    out = []
     for d in cells.values():
-        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError, TypeError):
-            model = json.loads((d / "config.json").read_text())["config"]["model"]
-            mid, rev = model["id"], model.get("revision")
-            if mid != "tiny" and not Path(mid).exists():
-                ids.add((mid, rev))
-    if not ids:
-        return
-    from huggingface_hub import snapshot_download
-
-    for mid, rev in sorted(ids, key=str):
         try:
-            snapshot_download(mid, revision=rev)
+            out.append(json.loads((d / "config.json").read_text())["config"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue  # the cell itself reports an unreadable config, in its container
+    return out
+
+
+def _tiny_dirs(configs: list[dict[str, Any]]) -> list[Path]:
+    """The tiny policy directories the cells load (built on the host by `harness bench`),
+    made readable to the containers' uid. They are mounted one by one, read-only: the cache
+    directory itself may be private (a test's temporary directory is 0700)."""
+    from harness.policy.tiny import make_readable, tiny_dir
+    from harness.spec.schema import TinyRecipe
+
+    dirs = set()
+    for cfg in configs:
+        model = cfg.get("model") or {}
+        if model.get("id") == "tiny":
+            d = tiny_dir(TinyRecipe(**(model.get("tiny") or {}))).resolve()
+            if d.is_dir():
+                if d.stat().st_uid == os.getuid() and not d.stat().st_mode & 0o005:
+                    make_readable(d)  # built before tiny builds were made readable
+                dirs.add(d)
+    return sorted(dirs)
+
+
+def _fetch_inputs(configs: list[dict[str, Any]]) -> None:
+    """Trainer containers have no network: hub models and task datasets are fetched into
+    the host's Hugging Face cache (mounted into the containers) first."""
+    models = set()
+    for cfg in configs:
+        model = cfg.get("model") or {}
+        mid = model.get("id")
+        if mid and mid != "tiny" and not Path(mid).exists():
+            models.add((mid, model.get("revision")))
+    if models:
+        from huggingface_hub import snapshot_download
+
+        for mid, rev in sorted(models, key=str):
+            try:
+                snapshot_download(mid, revision=rev)
+            except Exception as e:
+                raise UserError(f"cannot fetch model {mid} for the trainer containers ({e}); "
+                                "check network and HF_TOKEN, or give a local directory") from None
+    from harness.spec.schema import TasksSpec
+    from harness.tasks import load_selection
+
+    seen = set()
+    for cfg in configs:
+        key = json.dumps(cfg.get("tasks"), sort_keys=True)
+        if key in seen or (cfg.get("tasks") or {}).get("source") in (None, "synthetic"):
+            continue
+        seen.add(key)
+        try:
+            load_selection(TasksSpec(**cfg["tasks"]))
         except Exception as e:
-            raise UserError(f"cannot fetch model {mid} for the trainer containers ({e}); "
-                            "check network and HF_TOKEN, or give a local directory") from None
+            raise UserError(f"cannot load the tasks of {cfg['tasks'].get('source')} for the "
+                            f"trainer containers ({e}); check network and the source's "
+                            "options") from None
 
 
 class _Grader:
@@ -228,11 +262,10 @@ def run_docker(cells: dict[str, Path], jobs: int, on_event: OnEvent,
     user = f"{uid}:{os.getgid()}" if uid != 0 else f"{IMAGE_UID}:{IMAGE_UID}"
     handover = IMAGE_UID if uid == 0 else None
     cache = _cache_dir().resolve()
-    cache.mkdir(parents=True, exist_ok=True)
     from huggingface_hub import constants
 
-    hub_cache = Path(constants.HF_HUB_CACHE).resolve()  # hub models, fetched on the host
-    hub_cache.mkdir(parents=True, exist_ok=True)
+    hf_home = Path(constants.HF_HOME).resolve()  # hub models and datasets, fetched on the host
+    hf_home.mkdir(parents=True, exist_ok=True)
 
     gpus = _host_gpus()
     per_cell = math.ceil(options.gpus_per_cell) if options.gpus_per_cell > 0 else 0
@@ -245,8 +278,9 @@ def run_docker(cells: dict[str, Path], jobs: int, on_event: OnEvent,
     free_gpus = list(gpus)
     held: dict[str, list[str]] = {}
 
-    _fetch_hub_models(cells)
-    _readable_tiny(cache)
+    configs = _cell_configs(cells)
+    _fetch_inputs(configs)
+    mounts = [f"{d}:{d}:ro" for d in _tiny_dirs(configs)]
     if handover is not None:
         for d in cells.values():
             _chown_tree(d, handover)
@@ -263,15 +297,15 @@ def run_docker(cells: dict[str, Path], jobs: int, on_event: OnEvent,
                 "--network", "none", "--user", user,
                 "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
                 "--cpus", f"{options.cpus_per_cell:g}",
-                "-v", f"{run_dir}:{run_dir}", "-v", f"{cache}:{cache}",
-                "-v", f"{grader.sock_dir}:{SOCKET_DIR_IN}",
-                "-v", f"{hub_cache}:{hub_cache}", "-e", f"HF_HUB_CACHE={hub_cache}",
-                "-e", f"HARNESS_CACHE={cache}", "-e", f"HF_HOME={cache / 'hf'}",
-                "-e", "HF_HUB_OFFLINE=1", "-e", "HARNESS_GRADER_SOCKET="
+                "-v", f"{run_dir}:{run_dir}", "-v", f"{grader.sock_dir}:{SOCKET_DIR_IN}",
+                "-v", f"{hf_home}:{hf_home}", *(x for m in mounts for x in ("-v", m)),
+                "-e", f"HARNESS_CACHE={cache}", "-e", f"HF_HOME={hf_home}",
+                "-e", "HF_HUB_OFFLINE=1", "-e", "HF_DATASETS_OFFLINE=1",
+                "-e", "HARNESS_GRADER_SOCKET="
                 f"{SOCKET_DIR_IN}/{SOCKET_NAME}",
                 "-e", f"HARNESS_IMAGE_DIGEST={trainer}"]
         for key in PASS_ENV:
-            if key in os.environ and key != "HF_HUB_OFFLINE":
+            if key in os.environ and key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
                 argv += ["-e", key]
         if per_cell:
             mine = [free_gpus.pop(0) for _ in range(per_cell)]
