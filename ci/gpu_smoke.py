@@ -115,6 +115,9 @@ def write_spec(work: Path, model: Path, device: str, dtype: str, steps: int, wor
                threads: int, backend: str) -> Path:
     import yaml
 
+    # SMOKE_MAX_NEW_TOKENS: longer generations than the tiny specs' 48 (to time a larger model)
+    tokens = {"max_new_tokens": int(os.environ["SMOKE_MAX_NEW_TOKENS"])} \
+        if os.environ.get("SMOKE_MAX_NEW_TOKENS", "").strip() else {}
     spec = {
         "name": "gpu-smoke", "version": 1,
         "description": "ci/gpu-smoke.sh: one campaign on a local model (not a registered spec)",
@@ -126,7 +129,8 @@ def write_spec(work: Path, model: Path, device: str, dtype: str, steps: int, wor
         "controllers": ["naive"],
         "seeds": [0],
         "chain": {"campaigns": 1, "steps": steps},
-        "rollout": {"backend": backend},
+        "rollout": {"backend": backend, **tokens},
+        "eval": tokens,
         "grader": {"workers": workers},
         "resources": {"cpus_per_cell": threads},
     }
