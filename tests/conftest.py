@@ -47,3 +47,17 @@ def docker_images() -> dict[str, str]:
     assert built.returncode == 0, f"containers/build-local.sh failed:\n{built.stderr[-3000:]}"
     return {"trainer": "harness-trainer:cpu", "grader": "harness-grader:local",
             "base": "local/bookworm-py"}
+
+
+@pytest.fixture(scope="session")
+def tiny_smoke_local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`harness bench tiny-smoke` with the local executor, once per session: the reference the
+    docker and ray executors' runs must equal (read only; do not resume or modify it)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("executor-reference") / "local"
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "tiny-smoke", "--out",
+                        str(out)], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out

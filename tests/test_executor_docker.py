@@ -145,11 +145,8 @@ def test_hostile_corpus_in_the_grader_container(grader_socket: tuple[Path, str])
 
 # --------------------------------------------------------------------------- the executor
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("docker-cmp") / "local"
-    r = _bench(out)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
+def local_run(tiny_smoke_local_run: Path) -> Path:
+    return tiny_smoke_local_run
 
 
 @pytest.fixture(scope="module")

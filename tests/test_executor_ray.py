@@ -64,11 +64,8 @@ def _assert_same_results(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ray-reference") / "local"
-    r = _bench(out)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
+def local_run(tiny_smoke_local_run: Path) -> Path:
+    return tiny_smoke_local_run
 
 
 @pytest.fixture(scope="module")
