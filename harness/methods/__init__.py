@@ -5,8 +5,12 @@
 KL estimator (`KLConfig.estimator`) are looked up the same way, in `AGGREGATIONS` and
 `KL_ESTIMATORS`. The runner calls, per step:
 
-    loss, metrics = compute_loss(spec, model, batch, rewards, ref_model=ref, ewc=ewc_state)
-    grad_norm = optimizer_step(model, optimizer, loss, grad_clip)
+    optimizer.zero_grad(set_to_none=True)
+    metrics = backward_loss(spec, model, batch, rewards, ref_model=ref, ewc=ewc_state,
+                            micro_batch_size=micro_batch_size)
+    grad_norm = apply_gradients(model, optimizer, grad_clip)
+
+`compute_loss` + `optimizer_step` are the same step on the whole batch, returning the loss.
 
 Adding a method is one registered function in `advantages.py` plus a test.
 """
@@ -26,7 +30,13 @@ from harness.methods.losses import (
     token_mean,
 )
 from harness.methods.regularizers import EWCState, estimate_fisher, make_reference
-from harness.methods.step import compute_loss, optimizer_step
+from harness.methods.step import (
+    aggregation_weights,
+    apply_gradients,
+    backward_loss,
+    compute_loss,
+    optimizer_step,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -34,6 +44,9 @@ __all__ = [
     "METHODS",
     "EWCState",
     "aggregate",
+    "aggregation_weights",
+    "apply_gradients",
+    "backward_loss",
     "compute_loss",
     "estimate_fisher",
     "grpo",

@@ -1,8 +1,10 @@
-"""One training step of any method: rewards + rollouts -> scalar loss and metrics.
+"""One training step of any method: rewards + rollouts -> gradients, metrics and an update.
 
-The runner calls `compute_loss` then `optimizer_step` every step. What differs between
-methods lives in registered functions looked up by the spec's names (advantage estimator,
-aggregation, KL estimator); nothing here branches on a method's name.
+The runner calls `backward_loss` (the step's loss, backpropagated over micro-batches) then
+`apply_gradients` every step; `compute_loss` + `optimizer_step` are the same step on the whole
+batch at once. What differs between methods lives in registered functions looked up by the
+spec's names (advantage estimator, aggregation, KL estimator); nothing here branches on a
+method's name.
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ if TYPE_CHECKING:
 
 def _masked_mean(x: Tensor, mask: Tensor) -> float:
     return float((x * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def _check_inputs(spec: MethodSpec, n_seq: int, rewards: Tensor, ref_model: nn.Module | None,
+                  ewc: EWCState | None) -> None:
+    if rewards.dim() != 2 or rewards.numel() != n_seq:
+        raise ValueError(
+            f"rewards must be [P, G] with P*G = {n_seq} sequences, got {tuple(rewards.shape)}")
+    if spec.kl is not None and ref_model is None:
+        raise ValueError(f"method {spec.arm!r} has a KL penalty: pass ref_model (make_reference)")
+    if spec.ewc is not None and ewc is None:
+        raise ValueError(f"method {spec.arm!r} has an EWC penalty: pass ewc (EWCState)")
+
+
+def _group_metrics(rewards: Tensor, advantages: Tensor) -> dict[str, float]:
+    r = rewards.float()
+    return {"adv_mean": float(advantages.mean()),
+            "adv_abs_mean": float(advantages.abs().mean()),
+            "zero_var_groups": float((r == r[:, :1]).all(dim=1).float().mean())}
 
 
 def compute_loss(
@@ -59,15 +79,7 @@ def compute_loss(
             adv_mean, adv_abs_mean, zero_var_groups (fraction of prompts whose G rewards are all
             equal), completion_len (mean completion tokens), loss.
     """
-    n_seq = batch["input_ids"].size(0)
-    if rewards.dim() != 2 or rewards.numel() != n_seq:
-        raise ValueError(
-            f"rewards must be [P, G] with P*G = {n_seq} sequences, got {tuple(rewards.shape)}")
-    if spec.kl is not None and ref_model is None:
-        raise ValueError(f"method {spec.arm!r} has a KL penalty: pass ref_model (make_reference)")
-    if spec.ewc is not None and ewc is None:
-        raise ValueError(f"method {spec.arm!r} has an EWC penalty: pass ewc (EWCState)")
-
+    _check_inputs(spec, batch["input_ids"].size(0), rewards, ref_model, ewc)
     logp, entropy, mask = token_logprobs(
         model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
         temperature=temperature)
@@ -100,7 +112,6 @@ def compute_loss(
         loss = loss + ewc_term
         ewc_penalty = float(ewc_term.detach())
 
-    r = rewards.float()
     metrics = {
         "loss": float(loss.detach()),
         "pg_loss": float(pg_loss.detach()),
@@ -108,24 +119,140 @@ def compute_loss(
         "kl_penalty": kl_penalty,
         "ewc_penalty": ewc_penalty,
         "entropy": _masked_mean(entropy.detach(), mask),
-        "adv_mean": float(advantages.mean()),
-        "adv_abs_mean": float(advantages.abs().mean()),
-        "zero_var_groups": float((r == r[:, :1]).all(dim=1).float().mean()),
+        **_group_metrics(rewards, advantages),
         "completion_len": float(mask.sum(-1).mean()),
     }
     return loss, metrics
 
 
+def aggregation_weights(mask: Tensor, mode: str) -> Tensor:
+    """The weights w [N, T'] with aggregate(x, mask, mode) == (w * x).sum() for every x.
+
+    Every registered aggregation is linear in the per-token values, with normalisers (token
+    counts, sequence counts) taken from the whole batch's mask. Its weights are its gradient,
+    taken once at zero; a micro-batch's share of the loss is then (w[rows] * x[rows]).sum(), so
+    accumulating micro-batch gradients gives the whole batch's gradient. An aggregation that is
+    not linear (a registered extension) cannot be split and is refused with a clear error.
+    """
+    mask = mask.float()
+    probe = torch.zeros_like(mask, requires_grad=True)
+    with torch.enable_grad():
+        (weights,) = torch.autograd.grad(aggregate(probe, mask, mode), probe, allow_unused=True)
+    weights = torch.zeros_like(mask) if weights is None else weights.detach()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(mask.shape, generator=g, dtype=torch.float64).to(mask.device)
+    expected = aggregate(x, mask.double(), mode)
+    if not torch.allclose((weights.double() * x).sum(), expected, rtol=1e-6, atol=1e-9):
+        from harness.errors import UserError
+
+        raise UserError(f"loss aggregation {mode!r} is not linear in the per-token values, so "
+                        f"the update cannot be split into micro-batches: set "
+                        f"optim.micro_batch_size: null, or register a linear aggregation")
+    return weights
+
+
+def _micro_batches(n_seq: int, size: int | None) -> list[slice]:
+    size = n_seq if size is None or size >= n_seq else size
+    return [slice(start, min(start + size, n_seq)) for start in range(0, n_seq, size)]
+
+
+def backward_loss(
+    spec: MethodSpec,
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    rewards: Tensor,
+    ref_model: nn.Module | None = None,
+    ewc: EWCState | None = None,
+    *,
+    temperature: float = 1.0,
+    micro_batch_size: int | None = None,
+) -> dict[str, float]:
+    """Backpropagate one step's loss (`compute_loss`'s), `micro_batch_size` sequences at a time.
+
+    Gradients accumulate into the parameters' `.grad` (zero them before; `apply_gradients`
+    after). Each micro-batch's forward and backward pass holds only its own activations, so
+    peak memory scales with the micro-batch, not the batch; advantages come from the whole
+    [P, G] reward matrix and the aggregation's normalisers from the whole batch's mask
+    (`aggregation_weights`), so the accumulated gradient is the whole batch's (equal up to
+    floating-point summation order). Each micro-batch is cut to its own longest sequence.
+
+    micro_batch_size None (or >= N) is exactly `compute_loss` followed by `loss.backward()`.
+    Returns `compute_loss`'s metrics.
+    """
+    n_seq = batch["input_ids"].size(0)
+    chunks = _micro_batches(n_seq, micro_batch_size)
+    if len(chunks) == 1:
+        loss, metrics = compute_loss(spec, model, batch, rewards, ref_model, ewc,
+                                     temperature=temperature)
+        loss.backward()
+        return metrics
+
+    _check_inputs(spec, n_seq, rewards, ref_model, ewc)
+    advantages = METHODS.get(spec.name)(rewards, spec)  # [P, G]
+    adv = advantages.reshape(-1)
+    full_mask = batch["completion_mask"][:, 1:].bool() & batch["attention_mask"][:, 1:].bool()
+    weights = aggregation_weights(full_mask, spec.loss_agg)
+    columns = torch.arange(batch["attention_mask"].size(1), device=full_mask.device)
+
+    sums = dict.fromkeys(("pg_loss", "kl_penalty", "ewc_penalty", "entropy", "kl_to_ref"), 0.0)
+    for i, rows in enumerate(chunks):
+        # columns after the micro-batch's last real token are padding for all its rows
+        width = max(int(columns[batch["attention_mask"][rows].bool().any(0)].max()) + 1, 2)
+        ids, am, cm = (batch[k][rows, :width]
+                       for k in ("input_ids", "attention_mask", "completion_mask"))
+        logp, entropy, mask = token_logprobs(model, ids, am, cm, temperature=temperature)
+        w = weights[rows, :width - 1].to(logp.device)
+        pg = (w * pg_per_token(logp, adv[rows].to(logp.device))).sum()
+        loss = pg
+        sums["pg_loss"] += float(pg.detach())
+        sums["entropy"] += float((entropy.detach() * mask).sum())
+        if ref_model is not None:
+            with torch.no_grad():
+                ref_logp, _, _ = token_logprobs(ref_model, ids, am, cm, temperature=temperature)
+            sums["kl_to_ref"] += float((kl_k3(logp.detach(), ref_logp) * mask).sum())
+            if spec.kl is not None:
+                correction = getattr(spec.kl, "ratio_correction", True)
+                per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator, correction)
+                kl_term = spec.kl.beta * (w * per_token_kl).sum()
+                loss = loss + kl_term
+                sums["kl_penalty"] += float(kl_term.detach())
+        if i == 0 and spec.ewc is not None and ewc is not None:
+            ewc_term = spec.ewc.lam * ewc.penalty(model).to(loss.device)
+            loss = loss + ewc_term
+            sums["ewc_penalty"] = float(ewc_term.detach())
+        loss.backward()
+
+    n_tokens = max(float(full_mask.sum()), 1.0)
+    return {
+        "loss": sums["pg_loss"] + sums["kl_penalty"] + sums["ewc_penalty"],
+        "pg_loss": sums["pg_loss"],
+        "kl_to_ref": sums["kl_to_ref"] / n_tokens if ref_model is not None else math.nan,
+        "kl_penalty": sums["kl_penalty"],
+        "ewc_penalty": sums["ewc_penalty"],
+        "entropy": sums["entropy"] / n_tokens,
+        **_group_metrics(rewards, advantages),
+        "completion_len": float(full_mask.sum(-1).float().mean()),
+    }
+
+
 def optimizer_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float
 ) -> float:
-    """Backpropagate `loss`, clip the global gradient norm to `grad_clip`, step, zero grads.
+    """Backpropagate `loss`, then `apply_gradients`: clip, step, zero grads.
+
+    Returns the global gradient norm *before* clipping (see `apply_gradients`).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return apply_gradients(model, optimizer, grad_clip)
+
+
+def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
+    """Clip the accumulated gradients' global norm to `grad_clip`, step, zero grads.
 
     Returns the global gradient norm *before* clipping. A non-finite norm skips the update
     (the parameters stay as they were) and is returned as is, so the runner can log it.
     """
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if params else torch.zeros(())
     grad_norm = float(norm)

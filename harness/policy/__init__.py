@@ -1,7 +1,7 @@
 """Policies: loading (tiny / local / hub), rollouts, and code extraction."""
 
 from harness.policy.extract import extract_code, strip_prose, truncate_at_stops
-from harness.policy.loading import Policy, load_policy
+from harness.policy.loading import Policy, enable_activation_checkpointing, load_policy
 from harness.policy.prompting import (
     chat_messages,
     completion_code,
@@ -18,7 +18,24 @@ from harness.policy.rollout import (
 )
 from harness.policy.tiny import default_cache_dir, ensure_tiny, recipe_hash
 
-__all__ = ["HFGenerateBackend", "Policy", "RolloutBackend", "Rollouts", "chat_messages",
-           "completion_code", "default_cache_dir", "encode_prompt", "ensure_tiny",
-           "extract_code", "load_policy", "make_backend", "prompt_record", "prompt_records",
-           "recipe_hash", "render_prompt", "strip_prose", "truncate_at_stops"]
+__all__ = [
+    "HFGenerateBackend",
+    "Policy",
+    "RolloutBackend",
+    "Rollouts",
+    "chat_messages",
+    "completion_code",
+    "default_cache_dir",
+    "enable_activation_checkpointing",
+    "encode_prompt",
+    "ensure_tiny",
+    "extract_code",
+    "load_policy",
+    "make_backend",
+    "prompt_record",
+    "prompt_records",
+    "recipe_hash",
+    "render_prompt",
+    "strip_prose",
+    "truncate_at_stops",
+]

@@ -150,3 +150,16 @@ def _use_chat_template(spec: ModelSpec, tokenizer: Any) -> bool:
         raise UserError(f"model {spec.id!r} has no chat template but chat_template: always "
                         "was asked for; use auto or never")
     return has if spec.chat_template == "auto" else spec.chat_template == "always"
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> bool:
+    """Recompute each decoder layer's activations in the backward pass (HF "gradient
+    checkpointing", non-reentrant; active in train mode only). False when the model cannot."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return False
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return True

@@ -106,7 +106,12 @@ class CellRunner:
 
     # ------------------------------------------------------------------ parts
     def _setup(self) -> None:
-        from harness.policy import load_policy, make_backend, prompt_records
+        from harness.policy import (
+            enable_activation_checkpointing,
+            load_policy,
+            make_backend,
+            prompt_records,
+        )
         from harness.tasks import load_selection
 
         cfg = self.cfg
@@ -127,6 +132,9 @@ class CellRunner:
         self.policy = load_policy(cfg.model)
         write_json(self.dir / "prompts.json", prompt_records(self.policy, self.splits))
         self.model = self.policy.model
+        if cfg.optim.gradient_checkpointing and not enable_activation_checkpointing(self.model):
+            raise UserError(f"cell {cfg.cell_id}: model {cfg.model.id!r} does not support "
+                            f"gradient checkpointing: set optim.gradient_checkpointing: false")
         self.backend = make_backend(cfg.rollout.backend, self.policy)
         self.store = CheckpointStore(self.dir / "checkpoints", self.model)
         self.store.keep_init()
@@ -250,10 +258,10 @@ class CellRunner:
 
         from harness.methods import (
             EWCState,
-            compute_loss,
+            apply_gradients,
+            backward_loss,
             estimate_fisher,
             make_reference,
-            optimizer_step,
         )
 
         # The reference for the KL penalty (and the kl_to_ref metric): chain start by default.
@@ -294,10 +302,12 @@ class CellRunner:
             batch = rollouts.to_batch(self.policy.tokenizer.pad_token_id,
                                       device=self.policy.device)
             reward_t = torch.tensor(rewards, dtype=torch.float32)
-            loss, metrics = compute_loss(cfg.method, self.model, batch, reward_t,
-                                         ref_model=ref_model, ewc=ewc,
-                                         temperature=max(cfg.rollout.temperature, 1e-5))
-            grad_norm = optimizer_step(self.model, optimizer, loss, cfg.optim.grad_clip)
+            optimizer.zero_grad(set_to_none=True)
+            metrics = backward_loss(cfg.method, self.model, batch, reward_t,
+                                    ref_model=ref_model, ewc=ewc,
+                                    temperature=max(cfg.rollout.temperature, 1e-5),
+                                    micro_batch_size=cfg.optim.micro_batch_size)
+            grad_norm = apply_gradients(self.model, optimizer, cfg.optim.grad_clip)
             te = time.perf_counter()
             pass1, passes, teval = self.evaluate("eval")
             tend = time.perf_counter()

@@ -267,6 +267,15 @@ class OptimSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    micro_batch_size: PositiveInt | None = Field(
+        None, description="Sequences per forward/backward pass of the update; their gradients "
+        "accumulate into one optimizer step, with the loss normalised over the whole batch (the "
+        "same gradient up to summation order; peak memory scales with this, not the batch). "
+        "null: the whole batch (P*G sequences) in one pass.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass instead of "
+        "keeping them (HF gradient checkpointing): far less activation memory for about a "
+        "third more update time; the same gradient.")
 
 
 class GraderSpec(_Strict):
