@@ -11,8 +11,9 @@
 # on a 2-core CPU). Settings (environment): MODEL_DIR, SMOKE_STEPS (default 6 on GPU, 4 on
 # CPU), SMOKE_DEVICE (auto|cpu|cuda), SMOKE_DTYPE (auto = bfloat16 on GPU, float32 on CPU),
 # SMOKE_BACKEND (hf|vllm, default hf), SMOKE_MAX_NEW_TOKENS (rollout and eval; default the tiny
-# specs' 48), SMOKE_WORKERS (grader workers), SMOKE_THREADS (torch
-# threads), SMOKE_BUDGET_S (asserted wall time, default 480), SMOKE_WORKDIR (run directory;
+# specs' 48), SMOKE_MICRO_BATCH_SIZE and SMOKE_GRADIENT_CHECKPOINTING=1 (the update's
+# memory options, optim.micro_batch_size / optim.gradient_checkpointing; default off),
+# SMOKE_WORKERS (grader workers), SMOKE_THREADS (torch threads), SMOKE_BUDGET_S (asserted wall time, default 480), SMOKE_WORKDIR (run directory;
 # default a temporary one, removed afterwards), OUT (when set: figures.json, trace.jsonl,
 # result.json and config.json are copied there).
 #

@@ -118,6 +118,12 @@ def write_spec(work: Path, model: Path, device: str, dtype: str, steps: int, wor
     # SMOKE_MAX_NEW_TOKENS: longer generations than the tiny specs' 48 (to time a larger model)
     tokens = {"max_new_tokens": int(os.environ["SMOKE_MAX_NEW_TOKENS"])} \
         if os.environ.get("SMOKE_MAX_NEW_TOKENS", "").strip() else {}
+    # SMOKE_MICRO_BATCH_SIZE / SMOKE_GRADIENT_CHECKPOINTING: the update's memory options
+    optim: dict[str, Any] = {}
+    if os.environ.get("SMOKE_MICRO_BATCH_SIZE", "").strip():
+        optim["micro_batch_size"] = int(os.environ["SMOKE_MICRO_BATCH_SIZE"])
+    if os.environ.get("SMOKE_GRADIENT_CHECKPOINTING", "").strip() not in ("", "0"):
+        optim["gradient_checkpointing"] = True
     spec = {
         "name": "gpu-smoke", "version": 1,
         "description": "ci/gpu-smoke.sh: one campaign on a local model (not a registered spec)",
@@ -131,6 +137,7 @@ def write_spec(work: Path, model: Path, device: str, dtype: str, steps: int, wor
         "chain": {"campaigns": 1, "steps": steps},
         "rollout": {"backend": backend, **tokens},
         "eval": tokens,
+        "optim": optim,
         "grader": {"workers": workers},
         "resources": {"cpus_per_cell": threads},
     }
@@ -259,6 +266,8 @@ def figures(records: list[dict[str, Any]], runner: Any, extra: dict[str, Any]) -
         "eval_samples_per_step": len(runner.splits["eval"]) * cfg.eval.samples_per_task,
         "max_new_tokens": cfg.rollout.max_new_tokens,
         "grader_workers": cfg.grader.workers, "torch_threads": torch.get_num_threads(),
+        "update": (f"micro_batch_size {cfg.optim.micro_batch_size or 'whole batch'}, gradient "
+                   f"checkpointing {'on' if cfg.optim.gradient_checkpointing else 'off'}"),
         "step_s_mean": step_total / max(len(t), 1),
         "step_s_median": statistics.median(x["step"] for x in t) if t else None,
         "generate_s_mean": total("generate") / max(len(t), 1),
@@ -288,7 +297,7 @@ def figures(records: list[dict[str, Any]], runner: Any, extra: dict[str, Any]) -
 # What `figures` reports about the set-up (kept when there are no step records to time).
 DESCRIPTIVE = ("device", "device_type", "dtype", "torch", "cuda", "transformers", "python",
                "model_source", "rollout_backend", "params", "rollouts_per_step", "eval_samples_per_step",
-               "max_new_tokens", "grader_workers", "torch_threads", "gpu_peak_mem_gib")
+               "max_new_tokens", "grader_workers", "torch_threads", "update", "gpu_peak_mem_gib")
 
 
 def print_figures(fig: dict[str, Any]) -> None:
@@ -305,6 +314,7 @@ def print_figures(fig: dict[str, Any]) -> None:
     say(f"work per step     {fig['rollouts_per_step']} rollouts + {fig['eval_samples_per_step']}"
         f" eval samples, max_new_tokens {fig['max_new_tokens']}; grader workers "
         f"{fig['grader_workers']}, torch threads {fig['torch_threads']}")
+    say(f"update            {fig.get('update', '-')}")
     if "step_s_mean" in fig:
         say(f"step time         mean {f(fig['step_s_mean'])} s, median "
             f"{f(fig['step_s_median'])} s over {fig['steps']} steps")
@@ -338,7 +348,7 @@ def policy_only(runner: Any, steps: int) -> dict[str, Any]:
     for timing only: nothing here says anything about pass@1."""
     import torch
 
-    from harness.methods import compute_loss, optimizer_step
+    from harness.methods import apply_gradients, backward_loss
     from harness.policy import render_prompt
     from harness.runner.cell import derive_seed
 
@@ -361,13 +371,15 @@ def policy_only(runner: Any, steps: int) -> dict[str, Any]:
         rewards = torch.tensor([[float(j % 2) for j in range(g)] for _ in tasks])
         runner.model.train()
         batch = ro.to_batch(runner.policy.tokenizer.pad_token_id, device=runner.policy.device)
-        loss, _ = compute_loss(cfg.method, runner.model, batch, rewards,
-                               temperature=max(cfg.rollout.temperature, 1e-5))
-        optimizer_step(runner.model, opt, loss, cfg.optim.grad_clip)
+        opt.zero_grad(set_to_none=True)
+        metrics = backward_loss(cfg.method, runner.model, batch, rewards,
+                                temperature=max(cfg.rollout.temperature, 1e-5),
+                                micro_batch_size=cfg.optim.micro_batch_size)
+        apply_gradients(runner.model, opt, cfg.optim.grad_clip)
         if runner.policy.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        rows.append((t1 - t0, t2 - t1, ro.generated_tokens, float(loss.detach())))
+        rows.append((t1 - t0, t2 - t1, ro.generated_tokens, metrics["loss"]))
         say(f"  policy-only step {step}: generate {t1 - t0:.2f} s ({ro.generated_tokens} "
             f"tokens), update {t2 - t1:.2f} s, loss {rows[-1][3]:.4g}")
     gen = sum(r[0] for r in rows)

@@ -17,7 +17,6 @@ a different spec_hash replaces the file. A baseline whose spec_hash differs from
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.rundir import write_json
+from harness.rundir import read_json_object, write_json
 from harness.stats import METRIC_FIELDS, cell_metric
 
 BASELINE_FORMAT = 1
@@ -48,18 +47,6 @@ def baseline_path(spec_name: str, root: Path | None = None) -> Path:
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{what} {path} is not a JSON object")
-    return doc
 
 
 def _arm_matches(arm: tuple[str, str, str], wanted: str) -> bool:
@@ -114,7 +101,8 @@ def register(run_dir: Path, arms: Iterable[str] | None = None, root: Path | None
 
     results, resolved = load_run_files(run_dir)
     env_path = run_dir / "environment.json"
-    env = _read_json(env_path, "environment") if env_path.exists() else {}
+    env = (read_json_object(env_path, "the run's environment", "re-run `harness bench` on its "
+                            "spec to rebuild it") if env_path.exists() else {})
     now = _now()
     provenance = {
         "registered_at": now, "run_dir": str(run_dir.resolve()),
@@ -141,8 +129,8 @@ def register(run_dir: Path, arms: Iterable[str] | None = None, root: Path | None
 
 def load_baseline_file(path: Path) -> dict[str, Any]:
     """Read and check a baseline file; UserError (one line) if it is malformed."""
-    doc = _read_json(path, "baseline")
     fix = "re-register it with `harness baseline register RUN`"
+    doc = read_json_object(path, "baseline", fix)
     if doc.get("format") != BASELINE_FORMAT:
         raise UserError(f"baseline {path} has format {doc.get('format')!r}, this harness reads "
                         f"{BASELINE_FORMAT}; {fix}")

@@ -13,7 +13,6 @@ a comparison of the spec; `registered`: an arm vs the same arm of the registered
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.errors import UserError
+from harness.rundir import read_json_object
 from harness.spec import Spec
 from harness.stats import (
     expectation_outcome,
@@ -34,20 +34,6 @@ REGRESSION_METRIC = "end_of_chain_pass1_test"  # DESIGN.md: the gate is on the t
 
 
 # --------------------------------------------------------------------------- reading runs
-def _read_doc(path: Path, fix: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path.parent} holds no {path.name}: {fix}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); {fix}") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{path} is not a JSON object; {fix}")
-    return doc
-
-
 def _missing(doc: dict[str, Any], keys: tuple[str, ...]) -> str:
     return ", ".join(k for k in keys if k not in doc)
 
@@ -59,8 +45,8 @@ def load_run_files(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise UserError(f"run directory {run_dir} does not exist; pass the directory "
                         "`harness bench` printed (runs/<spec>@<version>/<run-id>)")
     fix = "re-run `harness bench` on its spec to rebuild it"
-    results = _read_doc(run_dir / "results.json", fix)
-    resolved = _read_doc(run_dir / "resolved_spec.json", fix)
+    results = read_json_object(run_dir / "results.json", "the run's results", fix)
+    resolved = read_json_object(run_dir / "resolved_spec.json", "the run's resolved spec", fix)
     bad = _missing(results, ("spec", "version", "spec_hash", "cells"))
     if not bad and not isinstance(results["cells"], list):
         bad = "cells (not a list)"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness import __version__
 from harness.errors import UserError
+from harness.rundir import read_json_object
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,15 +78,6 @@ class RunData:
         return f"{key[0]}: {key[1]}/{key[2]}" if multi else f"{key[1]}/{key[2]}"
 
 
-def _read_json(path: Path, what: str, fix: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist: {what}; {fix}") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path} ({e}): {what}; {fix}") from None
-
-
 def _read_trace(path: Path) -> list[dict[str, Any]]:
     records = []
     try:
@@ -110,19 +102,20 @@ def load_run(run_dir: Path) -> RunData:
         raise UserError(f"run directory {run_dir} does not exist; pass the directory "
                         "`harness bench` wrote (runs/<spec>@<version>/<run-id>, or its --out)")
     rerun = "run `harness bench SPEC --out RUN_DIR` to (re)collect it"
-    results = _read_json(run_dir / "results.json", "no results in this run directory",
-                         "`harness bench` writes it when it ends: wait for a running bench, "
-                         "or re-run `harness bench SPEC --out RUN_DIR` (finished cells are "
-                         "skipped)")
-    if not isinstance(results, dict) or not isinstance(results.get("cells"), list):
+    results = read_json_object(run_dir / "results.json", "the run's results",
+                               "`harness bench` writes it when it ends: wait for a running "
+                               "bench, or re-run `harness bench SPEC --out RUN_DIR` (finished "
+                               "cells are skipped)")
+    if not isinstance(results.get("cells"), list):
         raise UserError(f"{run_dir / 'results.json'} is not a results file (no `cells`); "
                         f"{rerun}")
     resolved: dict[str, Any] = {}
     if (run_dir / "resolved_spec.json").exists():
-        resolved = _read_json(run_dir / "resolved_spec.json", "the resolved spec", rerun)
+        resolved = read_json_object(run_dir / "resolved_spec.json", "the run's resolved spec",
+                                    rerun)
     env: dict[str, Any] = {}
     if (run_dir / "environment.json").exists():
-        env = _read_json(run_dir / "environment.json", "the environment", rerun)
+        env = read_json_object(run_dir / "environment.json", "the run's environment", rerun)
     if "arms" not in results:  # written before schema 2
         from harness.bench import arm_rows
 

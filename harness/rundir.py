@@ -55,6 +55,24 @@ def write_json(path: Path, data: Any) -> None:
                         "another --out") from None
 
 
+def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object from `path`, or a one-line `UserError`: `path (what) does not exist; fix`,
+    `... is not valid JSON (line N: why); fix`, `... is not a JSON object; fix`, or `cannot
+    read path (what): why; fix`. The one reader of run-directory and baseline files."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} ({what}) does not exist; {fix}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({what}): {e.strerror or e}; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else e.reason
+        raise UserError(f"{path} ({what}) is not valid JSON ({why}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} ({what}) is not a JSON object; {fix}")
+    return doc
+
+
 def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:

@@ -208,7 +208,8 @@ def test_bad_run_directories_end_in_one_error_line(
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, _, err = _harness(capsys, "compare", str(empty))
-    assert rc == 1 and err.count("error:") == 1 and "no results.json" in err
+    assert rc == 1 and err.count("error:") == 1 and "results.json (the run's results) does not " \
+        "exist" in err
     run = _make_run(tmp_path / "run", _spec(3), es_shift=0.0)
     (run / "results.json").write_text("{not json")
     for cmd in ("gate", "compare"):

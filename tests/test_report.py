@@ -185,7 +185,7 @@ def test_partial_run_reports_what_exists_and_names_what_is_missing(tmp_path: Pat
 
 @pytest.mark.parametrize("damage, expected", [
     ("no-dir", "does not exist; pass the directory `harness bench` wrote"),
-    ("no-results", "results.json does not exist: no results in this run directory; "
+    ("no-results", "results.json (the run's results) does not exist; "
                    "`harness bench` writes it when it ends"),
     ("no-trace", "is finished in results.json but"),
     ("bad-trace", "not a JSON line"),

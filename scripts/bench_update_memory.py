@@ -1,0 +1,144 @@
+"""Peak memory and time of one update: whole batch vs micro-batches vs micro-batches with
+gradient checkpointing (`optim.micro_batch_size`, `optim.gradient_checkpointing`).
+
+    python scripts/bench_update_memory.py [--shape small] [--seqs 16] [--prompt 64]
+        [--completion 192] [--micro 4] [--device cpu|cuda]
+
+Each configuration runs in a fresh process on a randomly initialised Qwen2-architecture model
+of the given shape (`small`, or a real model's shape from `scripts/shaped_model.py`, vocabulary
+151,936 as in Qwen2.5) with the same random batch, REINFORCE + token_mean, one AdamW step.
+Reported per configuration:
+
+- `peak`: the process's peak memory during the update above what it held before it (the
+  model, inputs; on CUDA `max_memory_allocated`, on CPU the peak resident set, `ru_maxrss`),
+  which is the activations, gradients and optimizer state;
+- `update s`: wall time of the backward pass(es) and the optimizer step;
+- `grad norm`: the global gradient norm, which must agree across configurations.
+
+Ratios are against the whole-batch update in the same run. Memory on CPU includes the
+allocator's slack; the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+SHAPES = {
+    "small": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8,
+              "num_attention_heads": 8, "num_key_value_heads": 2},
+}
+VOCAB = 151_936
+
+
+def _shapes() -> dict[str, dict[str, int]]:
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from shaped_model import SHAPES as REAL
+
+    return {**SHAPES, **REAL}
+
+
+def _peak_bytes(device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def child(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from harness.methods import apply_gradients, backward_loss
+    from harness.policy import enable_activation_checkpointing
+    from harness.spec.schema import MethodSpec
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    cfg = Qwen2Config(vocab_size=VOCAB, max_position_embeddings=4096, tie_word_embeddings=True,
+                      **_shapes()[args.shape])
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    with torch.device(args.device):
+        model = Qwen2ForCausalLM(cfg).to(dtype).train()
+    if args.config.endswith("ckpt"):
+        enable_activation_checkpointing(model)
+    g = torch.Generator().manual_seed(1)
+    n, t = args.seqs, args.prompt + args.completion
+    ids = torch.randint(3, VOCAB, (n, t), generator=g)
+    lengths = args.prompt + torch.randint(args.completion // 2, args.completion + 1, (n,),
+                                          generator=g)
+    cols = torch.arange(t)
+    am = (cols < lengths.unsqueeze(1)).long()
+    cm = am * (cols >= args.prompt).long()
+    batch = {k: v.to(args.device) for k, v in
+             {"input_ids": ids * am, "attention_mask": am, "completion_mask": cm}.items()}
+    rewards = (torch.rand(n // args.group, args.group, generator=g) < 0.5).float()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = (torch.cuda.memory_allocated() if args.device == "cuda"
+            else _current_rss_bytes())
+    micro = None if args.config == "whole" else args.micro
+    t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    backward_loss(MethodSpec(name="reinforce", loss_agg="token_mean"), model, batch, rewards,
+                  micro_batch_size=micro)
+    grad_norm = apply_gradients(model, optimizer, grad_clip=1e9)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"peak": _peak_bytes(args.device) - base, "seconds": seconds, "grad_norm": grad_norm,
+            "params": sum(p.numel() for p in model.parameters()),
+            "tokens": int(batch["attention_mask"].sum())}
+
+
+def _current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="small", help="small, qwen2.5-3b, qwen2.5-7b")
+    ap.add_argument("--seqs", type=int, default=16, help="sequences in the batch (P*G)")
+    ap.add_argument("--group", type=int, default=4, help="G")
+    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence")
+    ap.add_argument("--completion", type=int, default=192, help="max completion tokens")
+    ap.add_argument("--micro", type=int, default=4, help="optim.micro_batch_size")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.shape not in _shapes():
+        ap.error(f"unknown shape {args.shape!r}; known: {', '.join(sorted(_shapes()))}")
+    if args.config:
+        print(json.dumps(child(args)))
+        return 0
+
+    rows = {}
+    for config in ("whole", "micro", "micro+ckpt"):
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--config", config],
+                             check=True, capture_output=True, text=True).stdout
+        rows[config] = json.loads(out.strip().splitlines()[-1])
+    first = rows["whole"]
+    print(f"shape {args.shape} ({first['params'] / 1e6:.0f}M parameters), {args.seqs} sequences,"
+          f" {first['tokens']} tokens, micro_batch_size {args.micro}, {args.device}")
+    print(f"{'update':<12}{'peak GiB':>10}{'x whole':>9}{'update s':>10}{'x whole':>9}"
+          f"{'grad norm':>14}")
+    for config, r in rows.items():
+        print(f"{config:<12}{r['peak'] / 2**30:>10.2f}{r['peak'] / first['peak']:>9.2f}"
+              f"{r['seconds']:>10.1f}{r['seconds'] / first['seconds']:>9.2f}"
+              f"{r['grad_norm']:>14.6g}")
+    spread = max(abs(r["grad_norm"] / first["grad_norm"] - 1) for r in rows.values())
+    print(f"largest relative grad-norm difference from the whole batch: {spread:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
