@@ -267,7 +267,8 @@ def figures(records: list[dict[str, Any]], runner: Any, extra: dict[str, Any]) -
         "max_new_tokens": cfg.rollout.max_new_tokens,
         "grader_workers": cfg.grader.workers, "torch_threads": torch.get_num_threads(),
         "update": (f"micro_batch_size {cfg.optim.micro_batch_size or 'whole batch'}, gradient "
-                   f"checkpointing {'on' if cfg.optim.gradient_checkpointing else 'off'}"),
+                   f"checkpointing {'on' if cfg.optim.gradient_checkpointing else 'off'}, "
+                   f"master weights {cfg.optim.master_weights}"),
         "step_s_mean": step_total / max(len(t), 1),
         "step_s_median": statistics.median(x["step"] for x in t) if t else None,
         "generate_s_mean": total("generate") / max(len(t), 1),
@@ -348,14 +349,15 @@ def policy_only(runner: Any, steps: int) -> dict[str, Any]:
     for timing only: nothing here says anything about pass@1."""
     import torch
 
-    from harness.methods import apply_gradients, backward_loss
+    from harness.methods import apply_gradients, backward_loss, make_optimizer
     from harness.policy import render_prompt
     from harness.runner.cell import derive_seed
 
     cfg = runner.cfg
     runner._setup()
-    opt = torch.optim.AdamW([p for p in runner.model.parameters() if p.requires_grad],
-                            lr=cfg.optim.lr)
+    opt = make_optimizer(runner.model, lr=cfg.optim.lr, betas=cfg.optim.betas,
+                         weight_decay=cfg.optim.weight_decay,
+                         master_weights=cfg.optim.master_weights)
     rows = []
     for step in range(1, steps + 1):
         tasks = runner._prompts(0, step)

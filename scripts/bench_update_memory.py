@@ -135,6 +135,9 @@ def main() -> int:
         print(f"{config:<12}{r['peak'] / 2**30:>10.2f}{r['peak'] / first['peak']:>9.2f}"
               f"{r['seconds']:>10.1f}{r['seconds'] / first['seconds']:>9.2f}"
               f"{r['grad_norm']:>14.6g}")
+    per_param = 6 if args.device == "cuda" else 12  # grad + AdamW's two moments, bf16 / fp32
+    print(f"of each peak, gradients + AdamW state: {first['params'] * per_param / 2**30:.2f} GiB"
+          " (the same for all three); the rest is activations, logit chunks and slack")
     spread = max(abs(r["grad_norm"] / first["grad_norm"] - 1) for r in rows.values())
     print(f"largest relative grad-norm difference from the whole batch: {spread:.1e}")
     return 0

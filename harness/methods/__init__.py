@@ -3,8 +3,9 @@
 `METHODS` maps a method name (`MethodSpec.name`) to its advantage estimator
 `(rewards [P, G], spec) -> advantages [P, G]`. Loss aggregation (`MethodSpec.loss_agg`) and the
 KL estimator (`KLConfig.estimator`) are looked up the same way, in `AGGREGATIONS` and
-`KL_ESTIMATORS`. The runner calls, per step:
+`KL_ESTIMATORS`. The runner makes an optimizer per campaign and calls, per step:
 
+    optimizer = make_optimizer(model, lr=lr, betas=betas, weight_decay=wd)  # per campaign
     optimizer.zero_grad(set_to_none=True)
     metrics = backward_loss(spec, model, batch, rewards, ref_model=ref, ewc=ewc_state,
                             micro_batch_size=micro_batch_size)
@@ -29,6 +30,7 @@ from harness.methods.losses import (
     seq_sum,
     token_mean,
 )
+from harness.methods.precision import MasterWeightsAdamW, make_optimizer
 from harness.methods.regularizers import EWCState, estimate_fisher, make_reference
 from harness.methods.step import (
     aggregation_weights,
@@ -43,6 +45,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "METHODS",
     "EWCState",
+    "MasterWeightsAdamW",
     "aggregate",
     "aggregation_weights",
     "apply_gradients",
@@ -53,6 +56,7 @@ __all__ = [
     "kl_k1",
     "kl_k3",
     "kl_per_token",
+    "make_optimizer",
     "make_reference",
     "optimizer_step",
     "pg_per_token",

@@ -18,10 +18,14 @@ from torch import Tensor, nn
 from harness.methods.advantages import METHODS
 from harness.methods.logprobs import token_logprobs
 from harness.methods.losses import aggregate, kl_k3, kl_per_token, pg_per_token
+from harness.methods.precision import MasterWeightsAdamW
 from harness.methods.regularizers import EWCState
 
 if TYPE_CHECKING:
     from harness.spec.schema import MethodSpec
+
+# what the step code steps: a torch optimizer, or AdamW over float32 masters
+Optimizer = torch.optim.Optimizer | MasterWeightsAdamW
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> float:
@@ -236,7 +240,7 @@ def backward_loss(
 
 
 def optimizer_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float
+    model: nn.Module, optimizer: Optimizer, loss: Tensor, grad_clip: float
 ) -> float:
     """Backpropagate `loss`, then `apply_gradients`: clip, step, zero grads.
 
@@ -247,13 +251,18 @@ def optimizer_step(
     return apply_gradients(model, optimizer, grad_clip)
 
 
-def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
+def apply_gradients(model: nn.Module, optimizer: Optimizer, grad_clip: float) -> float:
     """Clip the accumulated gradients' global norm to `grad_clip`, step, zero grads.
 
-    Returns the global gradient norm *before* clipping. A non-finite norm skips the update
-    (the parameters stay as they were) and is returned as is, so the runner can log it.
+    With `MasterWeightsAdamW` the gradients are first moved onto its float32 masters, and the
+    norm and clipping are taken there. Returns the global gradient norm *before* clipping. A
+    non-finite norm skips the update (the parameters stay as they were) and is returned as
+    is, so the runner can log it.
     """
-    params = [p for p in model.parameters() if p.grad is not None]
+    if isinstance(optimizer, MasterWeightsAdamW):
+        params = optimizer.master_grads()
+    else:
+        params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if params else torch.zeros(())
     grad_norm = float(norm)
     if math.isfinite(grad_norm):

@@ -261,6 +261,7 @@ class CellRunner:
             apply_gradients,
             backward_loss,
             estimate_fisher,
+            make_optimizer,
             make_reference,
         )
 
@@ -280,9 +281,9 @@ class CellRunner:
             fisher = estimate_fisher(self.model, batches, micro_batch=cfg.rollout.group_size,
                                      temperature=max(cfg.rollout.temperature, 1e-5))
             ewc = EWCState.from_model(self.model, fisher)
-        optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=plan.lr,
-            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+        optimizer = make_optimizer(self.model, lr=plan.lr, betas=cfg.optim.betas,
+                                   weight_decay=cfg.optim.weight_decay,
+                                   master_weights=cfg.optim.master_weights)
 
         t0 = time.perf_counter()
         pass1, passes, _ = self.evaluate("eval")

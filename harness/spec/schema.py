@@ -272,6 +272,12 @@ class OptimSpec(_Strict):
         "accumulate into one optimizer step, with the loss normalised over the whole batch (the "
         "same gradient up to summation order; peak memory scales with this, not the batch). "
         "null: the whole batch (P*G sequences) in one pass.")
+    master_weights: Literal["float32", "none"] = Field(
+        "float32", description="float32: when the model's weights are 16-bit (bfloat16 or "
+        "float16), AdamW steps float32 copies of them and writes them back rounded after every "
+        "step (mixed precision, as DeepSpeed's bf16 mode); no effect on float32 weights. none: "
+        "AdamW steps the 16-bit weights themselves, where updates smaller than half their "
+        "spacing are lost (at lr 1e-6, almost all of them).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in the backward pass instead of "
         "keeping them (HF gradient checkpointing): far less activation memory for about a "
