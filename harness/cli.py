@@ -130,6 +130,13 @@ def plan(
         table.add_row(k["cell_id"], k["model"], k["method"], k["controller"], str(c.seed),
                       str(s.chain.campaigns), str(s.chain.steps))
     out.print(table)
+    o, batch = s.optim, s.rollout.group_size * s.rollout.prompts_per_step
+    passes = (f"micro-batches of {o.micro_batch_size} of the {batch} sequences a step"
+              if o.micro_batch_size and o.micro_batch_size < batch
+              else f"the whole batch ({batch} sequences) in one pass")
+    out.print(f"update: {passes}; gradient checkpointing "
+              f"{'on' if o.gradient_checkpointing else 'off'}; master weights "
+              f"{o.master_weights} (for 16-bit weights)", markup=False, highlight=False)
     if s.resources.distributed != "none":
         from harness.distributed import NOT_IMPLEMENTED, load
 

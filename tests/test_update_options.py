@@ -55,3 +55,28 @@ def test_micro_batches_and_checkpointing_give_the_whole_batch_update(tmp_path: P
             assert split[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
         else:
             assert split[key] == value, key
+
+
+def test_plan_states_how_the_update_runs(capsys: pytest.CaptureFixture[str]):
+    from harness.cli import main
+
+    assert main(["plan", "qwen3b-care-v2"]) == 0
+    assert ("update: micro-batches of 8 of the 128 sequences a step; gradient checkpointing "
+            "on; master weights float32") in capsys.readouterr().out
+    assert main(["plan", "tiny-smoke"]) == 0
+    assert "update: the whole batch (16 sequences) in one pass; gradient checkpointing off" \
+        in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("optim", "message"), [
+    ("{micro_batch_size: 0}", "micro_batch_size"),
+    ("{master_weights: float16}", "master_weights"),
+    ("{gradient_checkpointing: maybe}", "gradient_checkpointing"),
+])
+def test_bad_update_options_are_spec_errors(tmp_path: Path, optim: str, message: str):
+    from harness.errors import SpecError
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nversion: 1\nmodels: [tiny]\noptim: {optim}\n")
+    with pytest.raises(SpecError, match=message):
+        load_spec(str(path))
