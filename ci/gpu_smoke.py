@@ -376,7 +376,8 @@ def policy_only(runner: Any, steps: int) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         metrics = backward_loss(cfg.method, runner.model, batch, rewards,
                                 temperature=max(cfg.rollout.temperature, 1e-5),
-                                micro_batch_size=cfg.optim.micro_batch_size)
+                                micro_batch_size=cfg.optim.micro_batch_size,
+                                after_backward=getattr(opt, "accumulate_grads", None))
         apply_gradients(runner.model, opt, cfg.optim.grad_clip)
         if runner.policy.device.type == "cuda":
             torch.cuda.synchronize()

@@ -12,7 +12,8 @@ from harness import distributed
 from harness.errors import SpecError, UserError
 from harness.spec import expand_cells, load_spec
 
-# 3B/4B specs train in one process on one GPU (they fit 80 GB); the 7B ones select ZeRO-3.
+# 3B/4B specs train in one process on one GPU (80 GB for 3B, 141 GB for 4B: README "The
+# update: precision and memory"); the 7B ones select ZeRO-3.
 GPU_SPECS = {"qwen3b-care-v2": "none", "qwen3b-constraints": "none",
              "gemma4b-pilot": "none", "qwen7b-controllers": "zero3-7b",
              "qwen7b-grpo": "zero3-7b"}

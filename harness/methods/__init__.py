@@ -8,7 +8,8 @@ KL estimator (`KLConfig.estimator`) are looked up the same way, in `AGGREGATIONS
     optimizer = make_optimizer(model, lr=lr, betas=betas, weight_decay=wd)  # per campaign
     optimizer.zero_grad(set_to_none=True)
     metrics = backward_loss(spec, model, batch, rewards, ref_model=ref, ewc=ewc_state,
-                            micro_batch_size=micro_batch_size)
+                            micro_batch_size=micro_batch_size,
+                            after_backward=getattr(optimizer, "accumulate_grads", None))
     grad_norm = apply_gradients(model, optimizer, grad_clip)
 
 `compute_loss` + `optimizer_step` are the same step on the whole batch, returning the loss.

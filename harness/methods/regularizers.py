@@ -26,11 +26,21 @@ def _trainable(model: nn.Module) -> dict[str, Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _checkpointed_layer(module: nn.Module) -> bool:
+    """A decoder layer that HF activation checkpointing recomputes (in train mode)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # older transformers: no checkpointing in eval mode
+        return False
+    return isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing
+
+
 def estimate_fisher(
     model: nn.Module,
     batches: list[dict[str, Tensor]],
     *,
     micro_batch: int = 1,
+    chunk: int | None = None,
     temperature: float = 1.0,
 ) -> dict[str, Tensor]:
     """Diagonal Fisher information of the policy, one float32 tensor per trainable parameter.
@@ -46,6 +56,12 @@ def estimate_fisher(
     given their prompt), at the cost of more variance. micro_batch = 1 is the textbook
     per-sample estimator (one backward pass per sequence).
 
+    `chunk` bounds memory without changing the estimate: a micro-batch's gradient is summed
+    over forward/backward passes of at most `chunk` sequences (in float32) before it is
+    squared. With activation checkpointing enabled on the model it is used here too, with
+    dropout still off (the decoder layers alone are put in train mode, which is what turns
+    HF checkpointing on; their submodules stay in eval mode).
+
     Args:
         batches: dicts as `Rollouts.to_batch()` gives: input_ids, attention_mask,
             completion_mask, each [N, T].
@@ -56,23 +72,33 @@ def estimate_fisher(
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the policy that samples
+    checkpointed = [m for m in model.modules() if _checkpointed_layer(m)]
+    for layer in checkpointed:  # the layer's own flag only: its submodules stay in eval mode
+        layer.training = True
     count = 0
     try:
         for batch in batches:
             n_seq = batch["input_ids"].size(0)
             for start in range(0, n_seq, micro_batch):
-                rows = slice(start, start + micro_batch)
-                logp, _, mask = token_logprobs(
-                    model, batch["input_ids"][rows], batch["attention_mask"][rows],
-                    batch["completion_mask"][rows], temperature=temperature)
-                m = logp.size(0)
-                grads = torch.autograd.grad(
-                    (logp * mask).sum(), list(params.values()), allow_unused=True)
-                for (name, _), g in zip(params.items(), grads, strict=True):
+                stop = min(start + micro_batch, n_seq)
+                step = stop - start if chunk is None else chunk
+                total: list[Tensor | None] = [None] * len(params)
+                for lo in range(start, stop, step):
+                    rows = slice(lo, min(lo + step, stop))
+                    logp, _, mask = token_logprobs(
+                        model, batch["input_ids"][rows], batch["attention_mask"][rows],
+                        batch["completion_mask"][rows], temperature=temperature)
+                    grads = torch.autograd.grad(
+                        (logp * mask).sum(), list(params.values()), allow_unused=True)
+                    total = [t if g is None else g.float() if t is None else t.add_(g.float())
+                             for t, g in zip(total, grads, strict=True)]
+                for name, g in zip(params, total, strict=True):
                     if g is not None:
-                        fisher[name] += g.float().pow(2) / m
+                        fisher[name] += g.pow(2) / (stop - start)
                 count += 1
     finally:
+        for layer in checkpointed:
+            layer.training = False
         model.train(was_training)
     if count == 0:
         raise ValueError("estimate_fisher needs at least one sequence")

@@ -10,6 +10,7 @@ method's name.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -170,6 +171,7 @@ def backward_loss(
     *,
     temperature: float = 1.0,
     micro_batch_size: int | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Backpropagate one step's loss (`compute_loss`'s), `micro_batch_size` sequences at a time.
 
@@ -177,8 +179,11 @@ def backward_loss(
     after). Each micro-batch's forward and backward pass holds only its own activations, so
     peak memory scales with the micro-batch, not the batch; advantages come from the whole
     [P, G] reward matrix and the aggregation's normalisers from the whole batch's mask
-    (`aggregation_weights`), so the accumulated gradient is the whole batch's (equal up to
-    floating-point summation order). Each micro-batch is cut to its own longest sequence.
+    (`aggregation_weights`), so the accumulated gradient is the whole batch's: in float32 equal
+    up to summation order; in 16 bits each micro-batch's forward pass rounds differently, a
+    difference of the size of 16-bit rounding itself. Each micro-batch is cut to its own
+    longest sequence. `after_backward` runs after each backward pass: with 16-bit weights,
+    `MasterWeightsAdamW.accumulate_grads`, which sums the micro-batches in float32.
 
     micro_batch_size None (or >= N) is exactly `compute_loss` followed by `loss.backward()`.
     Returns `compute_loss`'s metrics.
@@ -189,6 +194,8 @@ def backward_loss(
         loss, metrics = compute_loss(spec, model, batch, rewards, ref_model, ewc,
                                      temperature=temperature)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         return metrics
 
     _check_inputs(spec, n_seq, rewards, ref_model, ewc)
@@ -225,6 +232,8 @@ def backward_loss(
             loss = loss + ewc_term
             sums["ewc_penalty"] = float(ewc_term.detach())
         loss.backward()
+        if after_backward is not None:
+            after_backward()
 
     n_tokens = max(float(full_mask.sum()), 1.0)
     return {

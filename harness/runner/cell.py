@@ -279,6 +279,7 @@ class CellRunner:
                 batches.append(ro.to_batch(self.policy.tokenizer.pad_token_id,
                                            device=self.policy.device))
             fisher = estimate_fisher(self.model, batches, micro_batch=cfg.rollout.group_size,
+                                     chunk=cfg.optim.micro_batch_size,
                                      temperature=max(cfg.rollout.temperature, 1e-5))
             ewc = EWCState.from_model(self.model, fisher)
         optimizer = make_optimizer(self.model, lr=plan.lr, betas=cfg.optim.betas,
@@ -307,7 +308,8 @@ class CellRunner:
             metrics = backward_loss(cfg.method, self.model, batch, reward_t,
                                     ref_model=ref_model, ewc=ewc,
                                     temperature=max(cfg.rollout.temperature, 1e-5),
-                                    micro_batch_size=cfg.optim.micro_batch_size)
+                                    micro_batch_size=cfg.optim.micro_batch_size,
+                                    after_backward=getattr(optimizer, "accumulate_grads", None))
             grad_norm = apply_gradients(self.model, optimizer, cfg.optim.grad_clip)
             te = time.perf_counter()
             pass1, passes, teval = self.evaluate("eval")

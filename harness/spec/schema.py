@@ -271,7 +271,8 @@ class OptimSpec(_Strict):
         None, description="Sequences per forward/backward pass of the update; their gradients "
         "accumulate into one optimizer step, with the loss normalised over the whole batch (the "
         "same gradient up to summation order; peak memory scales with this, not the batch). "
-        "null: the whole batch (P*G sequences) in one pass.")
+        "Also bounds the EWC Fisher's passes (same estimate). null: the whole batch (P*G "
+        "sequences) in one pass.")
     master_weights: Literal["float32", "none"] = Field(
         "float32", description="float32: when the model's weights are 16-bit (bfloat16 or "
         "float16), AdamW steps float32 copies of them and writes them back rounded after every "
