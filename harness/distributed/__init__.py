@@ -9,11 +9,13 @@ Each configuration is a pair of files in this folder: `<name>.yaml`, an accelera
   for models up to ~4B parameters in bfloat16 (Qwen2.5-3B, Gemma-3-4B);
 - `zero3-7b`: ZeRO-3 (parameters sharded too, ZeRO-3 init), 4 GPUs, for 7B models.
 
-Batch size, gradient accumulation and clipping are `auto` in the DeepSpeed files: the
-launcher fills them from the spec (rollout sizes, `optim.grad_clip`), as accelerate does for
-`auto` values. The cell runner does not launch through these configurations yet: a cell
-whose spec selects one refuses to start (`NOT_IMPLEMENTED`), and README "Distributed
-training" says what is missing.
+Batch size, gradient accumulation, clipping and bucket sizes are `auto` in the DeepSpeed
+files: `fill_auto` fills them from the spec (rollout sizes, `optim.micro_batch_size`,
+`optim.grad_clip`) and the model's hidden size, as accelerate does for `auto` values.
+`python -m harness.distributed.selfcheck` trains a small model under a configuration on N
+ranks (the tests: 2 CPU ranks over gloo). The cell runner does not launch through these
+configurations yet: a cell whose spec selects one refuses to start (`NOT_IMPLEMENTED`), and
+README "Distributed training" says what is missing.
 """
 
 from __future__ import annotations
@@ -77,3 +79,46 @@ def load(name: str) -> DistributedConfig:
         raise ValueError(f"distributed configuration {name}: " + "; ".join(problems))
     return DistributedConfig(name, acc_path, ds_path, int(stage), int(acc["num_processes"]),
                              acc, ds)
+
+
+def fill_auto(config: DistributedConfig, *, world_size: int, batch: int,
+              micro_batch_size: int | None, grad_clip: float, hidden_size: int
+              ) -> dict[str, Any]:
+    """The DeepSpeed config with every `auto` filled from the spec, as accelerate fills them.
+
+    batch: sequences per optimizer step (P*G), split evenly over `world_size` ranks; each
+    rank's share runs in micro-batches of `micro_batch_size` (None: the whole share), so
+    train_batch_size = micro x gradient_accumulation_steps x world_size. Bucket sizes follow
+    the HF/accelerate rule from the model's hidden size. Raises ValueError (one line) when
+    the sizes do not divide.
+    """
+    if batch % world_size:
+        raise ValueError(f"{batch} sequences a step do not split evenly over {world_size} "
+                         f"processes: choose rollout sizes whose product is a multiple of it")
+    share = batch // world_size
+    micro = min(micro_batch_size or share, share)
+    if share % micro:
+        raise ValueError(f"optim.micro_batch_size {micro} does not divide the {share} sequences "
+                         f"each of {world_size} processes takes a step: choose a divisor")
+    values = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": share // micro,
+        "train_batch_size": batch,
+        "gradient_clipping": grad_clip,
+        "reduce_bucket_size": hidden_size * hidden_size,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+
+    def fill(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: fill(v, f"{path}{k}.") for k, v in node.items()}
+        if node == "auto":
+            key = path.rstrip(".").rsplit(".", 1)[-1]
+            if key not in values:
+                raise ValueError(f"distributed configuration {config.name}: no value for "
+                                 f"`auto` at {path.rstrip('.')}")
+            return values[key]
+        return node
+
+    return fill(config.deepspeed, "")
