@@ -138,14 +138,13 @@ def plan(
               f"{'on' if o.gradient_checkpointing else 'off'}; master weights "
               f"{o.master_weights} (for 16-bit weights)", markup=False, highlight=False)
     if s.resources.distributed != "none":
-        from harness.distributed import NOT_IMPLEMENTED, load
+        from harness.distributed import load
 
         d = load(s.resources.distributed)
-        out.print(f"training: {d.name} (accelerate + DeepSpeed ZeRO-{d.zero_stage}, "
-                  f"{s.resources.gpus_per_cell:g} GPUs per cell, "
-                  f"{d.accelerate_config.relative_to(d.accelerate_config.parents[2])}): "
-                  f"{NOT_IMPLEMENTED.replace('asks for', 'needs')}", markup=False,
-                  highlight=False)
+        out.print(f"training: {d.name} (DeepSpeed ZeRO-{d.zero_stage}, "
+                  f"{d.deepspeed_config.relative_to(d.deepspeed_config.parents[2])}): "
+                  f"{s.resources.gpus_per_cell:g} data-parallel processes per cell, one GPU "
+                  "each, started by `harness run-cell`", markup=False, highlight=False)
 
 
 @app.command("spec-schema")
@@ -258,19 +257,43 @@ def run_cell(
         first = str(e).strip().splitlines()[0]
         raise UserError(f"cell {cid}: config {cfg_path} is not a valid cell config ({first}); "
                         "re-create it with `harness bench`") from None
-    # Threads per cell come from the spec (resources.cpus_per_cell): the thread count changes
-    # floating-point reduction order, so it is part of the cell's identity.
-    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_cell)))
+    from harness.distributed import runtime
+
+    distributed = cfg.resources.distributed != "none"
+    rank = os.environ.get(runtime.RANK_ENV)  # set in the processes `runtime.launch` starts
+    world = runtime.world_size(cfg.resources) if distributed else 1
+    # Threads per cell come from the spec (resources.cpus_per_cell), split over its ranks: the
+    # thread count changes floating-point reduction order, so it is part of the cell's identity.
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_cell) // world))
+    if rank is None:  # the cell's own process (not one of its ranks): one at a time
+        try:
+            lock = open(cell_dir / ".lock", "w")  # noqa: SIM115 (held for the process's life)
+        except OSError as e:
+            raise UserError(f"cell {cid}: cannot write in {cell_dir}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"cell {cid} is already running in another process") from None
     try:
-        lock = open(cell_dir / ".lock", "w")  # noqa: SIM115 (held for the process's life)
-    except OSError as e:
-        raise UserError(f"cell {cid}: cannot write in {cell_dir}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise UserError(f"cell {cid} is already running in another process") from None
-    try:
-        result = CellRunner(cfg, cell_dir).run()
+        if distributed and rank is None:  # start the ranks, each runs this command
+            runtime.check_supported(cfg.resources.distributed, cfg.model.dtype)
+            if cfg.model.id == "tiny":  # built once here, not by every rank at once
+                from harness.policy.tiny import TinyRecipe, ensure_tiny
+
+                ensure_tiny(cfg.model.tiny or TinyRecipe())
+            code = runtime.launch([sys.executable, "-m", "harness.cli", "run-cell",
+                                   str(cell_dir)], world, cell_dir)
+            if code:
+                raise typer.Exit(code)
+            result = json.loads((cell_dir / "result.json").read_text())
+        elif distributed:
+            ranks = runtime.Ranks.join()
+            result = CellRunner(cfg, cell_dir, ranks=ranks).run()
+            torch.distributed.destroy_process_group()
+            if not ranks.main:
+                return
+        else:
+            result = CellRunner(cfg, cell_dir).run()
     except UserError as e:
         msg = str(e)
         raise UserError(msg if msg.startswith(f"cell {cid}") else f"cell {cid}: {msg}") from None

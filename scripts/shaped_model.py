@@ -14,12 +14,15 @@ import json
 import shutil
 from pathlib import Path
 
-# Shapes from the models' published configs (Qwen2.5-3B/7B-Instruct); vocabulary: the tiny's.
+# Shapes from the models' published configs (Qwen2.5-3B/7B-Instruct: the 3B ties its input and
+# output embeddings, the 7B does not); vocabulary: the tiny's.
 SHAPES = {
     "qwen2.5-3b": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-                   "num_attention_heads": 16, "num_key_value_heads": 2},
+                   "num_attention_heads": 16, "num_key_value_heads": 2,
+                   "tie_word_embeddings": True},
     "qwen2.5-7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                   "num_attention_heads": 28, "num_key_value_heads": 4},
+                   "num_attention_heads": 28, "num_key_value_heads": 4,
+                   "tie_word_embeddings": False},
 }
 
 
@@ -37,7 +40,7 @@ def main() -> None:
     tiny = json.loads((args.tiny_dir / "config.json").read_text())
     cfg = Qwen2Config(vocab_size=tiny["vocab_size"], max_position_embeddings=4096,
                       bos_token_id=tiny["bos_token_id"], eos_token_id=tiny["eos_token_id"],
-                      pad_token_id=tiny["pad_token_id"], tie_word_embeddings=True,
+                      pad_token_id=tiny["pad_token_id"],
                       **SHAPES[args.shape])
     torch.manual_seed(0)
     with torch.device(args.device):

@@ -1,21 +1,22 @@
-"""Multi-GPU training configurations (accelerate + DeepSpeed ZeRO), selected by a spec's
+"""Multi-GPU training configurations (DeepSpeed ZeRO), selected by a spec's
 `resources.distributed` (README "Distributed training").
 
-Each configuration is a pair of files in this folder: `<name>.yaml`, an accelerate config
-(`accelerate launch --config_file`), and `<name>.json`, the DeepSpeed config it names
-(`deepspeed_config.deepspeed_config_file`, a path from the repository root). Shipped:
+Each configuration is a pair of files in this folder: `<name>.json`, the DeepSpeed config the
+cell runner uses, and `<name>.yaml`, an accelerate config naming it
+(`deepspeed_config.deepspeed_config_file`, a path from the repository root), to run the same
+configuration under `accelerate launch --config_file`. Shipped:
 
 - `zero2-3b`: ZeRO-2 (optimizer states and gradients sharded, parameters replicated), 2 GPUs,
   for models up to ~4B parameters in bfloat16 (Qwen2.5-3B, Gemma-3-4B);
-- `zero3-7b`: ZeRO-3 (parameters sharded too, ZeRO-3 init), 4 GPUs, for 7B models.
+- `zero2-7b`: the same on 4 GPUs, for 7B models (Qwen2.5-7B).
 
-Batch size, gradient accumulation, clipping and bucket sizes are `auto` in the DeepSpeed
-files: `fill_auto` fills them from the spec (rollout sizes, `optim.micro_batch_size`,
-`optim.grad_clip`) and the model's hidden size, as accelerate does for `auto` values.
+Only ZeRO stages 1 and 2: the cell runner generates, evaluates and checkpoints with whole
+parameters on every rank (`runtime`), so a ZeRO-3 file is refused by `load`.
+Batch size, gradient accumulation, clipping and bucket sizes may be `auto`: `fill_auto`
+fills them from the spec and the model's hidden size, as accelerate does. `harness run-cell`
+starts one process per GPU and trains through `runtime.EngineUpdate`;
 `python -m harness.distributed.selfcheck` trains a small model under a configuration on N
-ranks (the tests: 2 CPU ranks over gloo). The cell runner does not launch through these
-configurations yet: a cell whose spec selects one refuses to start (`NOT_IMPLEMENTED`), and
-README "Distributed training" says what is missing.
+ranks (the tests: 2 CPU ranks over gloo).
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 NONE = "none"
-
-NOT_IMPLEMENTED = (
-    "asks for multi-process training through accelerate + DeepSpeed, which the cell runner "
-    "does not implement yet (README \"Distributed training\"); set resources.distributed: "
-    "none to train in one process")
-
 
 def available() -> list[str]:
     """Names of the shipped configurations (each with its .yaml and .json)."""
@@ -69,8 +64,9 @@ def load(name: str) -> DistributedConfig:
     if named is None or (REPO_ROOT / named).resolve() != ds_path:
         problems.append(f"deepspeed_config_file {named!r} is not {ds_path.relative_to(REPO_ROOT)}")
     stage = (ds.get("zero_optimization") or {}).get("stage")
-    if stage not in (1, 2, 3):
-        problems.append(f"zero_optimization.stage {stage!r} is not 1, 2 or 3")
+    if stage not in (1, 2):
+        problems.append(f"zero_optimization.stage {stage!r} is not 1 or 2 (the cell runner "
+                        "needs whole parameters on every rank, which ZeRO-3 shards)")
     if not (ds.get("bf16") or {}).get("enabled"):
         problems.append("bf16 is not enabled")
     if not isinstance(acc.get("num_processes"), int) or acc["num_processes"] < 1:
@@ -106,8 +102,6 @@ def fill_auto(config: DistributedConfig, *, world_size: int, batch: int,
         "train_batch_size": batch,
         "gradient_clipping": grad_clip,
         "reduce_bucket_size": hidden_size * hidden_size,
-        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
-        "stage3_param_persistence_threshold": 10 * hidden_size,
     }
 
     def fill(node: Any, path: str) -> Any:

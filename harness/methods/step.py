@@ -172,6 +172,9 @@ def backward_loss(
     temperature: float = 1.0,
     micro_batch_size: int | None = None,
     after_backward: Callable[[], None] | None = None,
+    rows: slice | None = None,
+    backward: Callable[[Tensor, bool], None] | None = None,
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Backpropagate one step's loss (`compute_loss`'s), `micro_batch_size` sequences at a time.
 
@@ -185,12 +188,21 @@ def backward_loss(
     longest sequence. `after_backward` runs after each backward pass: with 16-bit weights,
     `MasterWeightsAdamW.accumulate_grads`, which sums the micro-batches in float32.
 
-    micro_batch_size None (or >= N) is exactly `compute_loss` followed by `loss.backward()`.
-    Returns `compute_loss`'s metrics.
+    Data-parallel training (one process per rank, `harness.distributed.runtime`): every rank
+    holds the whole batch and rewards, so advantages and normalisers are the whole batch's, and
+    backpropagates only `rows` (its share of the sequences) through `backward(loss, last)` (the
+    DeepSpeed engine's; `last`: the share's last micro-batch); `reduce` sums the metrics' partial sums over the ranks. The ranks' gradients
+    then add up to the whole batch's. The EWC penalty is added by the rank whose share starts
+    at row 0.
+
+    micro_batch_size None (or >= N) with no `rows` is exactly `compute_loss` followed by
+    `loss.backward()`. Returns `compute_loss`'s metrics.
     """
     n_seq = batch["input_ids"].size(0)
-    chunks = _micro_batches(n_seq, micro_batch_size)
-    if len(chunks) == 1:
+    share = rows if rows is not None else slice(0, n_seq)
+    chunks = [slice(share.start + c.start, share.start + c.stop)
+              for c in _micro_batches(share.stop - share.start, micro_batch_size)]
+    if rows is None and backward is None and len(chunks) == 1:
         loss, metrics = compute_loss(spec, model, batch, rewards, ref_model, ewc,
                                      temperature=temperature)
         loss.backward()
@@ -206,14 +218,14 @@ def backward_loss(
     columns = torch.arange(batch["attention_mask"].size(1), device=full_mask.device)
 
     sums = dict.fromkeys(("pg_loss", "kl_penalty", "ewc_penalty", "entropy", "kl_to_ref"), 0.0)
-    for i, rows in enumerate(chunks):
+    for i, part in enumerate(chunks):
         # columns after the micro-batch's last real token are padding for all its rows
-        width = max(int(columns[batch["attention_mask"][rows].bool().any(0)].max()) + 1, 2)
-        ids, am, cm = (batch[k][rows, :width]
+        width = max(int(columns[batch["attention_mask"][part].bool().any(0)].max()) + 1, 2)
+        ids, am, cm = (batch[k][part, :width]
                        for k in ("input_ids", "attention_mask", "completion_mask"))
         logp, entropy, mask = token_logprobs(model, ids, am, cm, temperature=temperature)
-        w = weights[rows, :width - 1].to(logp.device)
-        pg = (w * pg_per_token(logp, adv[rows].to(logp.device))).sum()
+        w = weights[part, :width - 1].to(logp.device)
+        pg = (w * pg_per_token(logp, adv[part].to(logp.device))).sum()
         loss = pg
         sums["pg_loss"] += float(pg.detach())
         sums["entropy"] += float((entropy.detach() * mask).sum())
@@ -227,13 +239,18 @@ def backward_loss(
                 kl_term = spec.kl.beta * (w * per_token_kl).sum()
                 loss = loss + kl_term
                 sums["kl_penalty"] += float(kl_term.detach())
-        if i == 0 and spec.ewc is not None and ewc is not None:
+        if i == 0 and share.start == 0 and spec.ewc is not None and ewc is not None:
             ewc_term = spec.ewc.lam * ewc.penalty(model).to(loss.device)
             loss = loss + ewc_term
             sums["ewc_penalty"] = float(ewc_term.detach())
-        loss.backward()
+        if backward is None:
+            loss.backward()
+        else:
+            backward(loss, i == len(chunks) - 1)
         if after_backward is not None:
             after_backward()
+    if reduce is not None:
+        sums = reduce(sums)
 
     n_tokens = max(float(full_mask.sum()), 1.0)
     return {

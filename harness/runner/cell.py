@@ -35,6 +35,7 @@ import torch
 
 from harness.controllers import History, Plan, make_controller, summarise
 from harness.controllers.collapse_guard import guard_report
+from harness.distributed.runtime import Ranks
 from harness.errors import UserError
 from harness.rundir import write_json
 from harness.runner.checkpoints import CheckpointStore
@@ -97,12 +98,15 @@ class CellRunner:
     """Runs (or resumes) one cell in `cell_dir`, writing `trace.jsonl` and `result.json`."""
 
     def __init__(self, cfg: CellConfig, cell_dir: Path, progress: Progress | None = None,
-                 grader: Any | None = None) -> None:
+                 grader: Any | None = None, ranks: Ranks | None = None) -> None:
         self.cfg = cfg
         self.dir = cell_dir
-        self.progress = progress or (lambda event: None)
+        # data-parallel ranks (harness.distributed.runtime); rank 0 writes the cell's files
+        self.ranks = ranks or Ranks.single()
+        main = self.ranks.main
+        self.progress = (progress or (lambda event: None)) if main else (lambda event: None)
         self._grader = grader
-        self.trace = Trace(cell_dir / "trace.jsonl")
+        self.trace = Trace(cell_dir / "trace.jsonl", write=main)
 
     # ------------------------------------------------------------------ parts
     def _setup(self) -> None:
@@ -116,10 +120,18 @@ class CellRunner:
 
         cfg = self.cfg
         if cfg.resources.distributed != "none":
-            from harness.distributed import NOT_IMPLEMENTED
+            from harness.distributed.runtime import check_supported
 
-            raise UserError(f"cell {cfg.cell_id}: resources.distributed: "
-                            f"{cfg.resources.distributed} {NOT_IMPLEMENTED}")
+            check_supported(cfg.resources.distributed, cfg.model.dtype)
+            if self.ranks.world == 1:
+                raise UserError(f"cell {cfg.cell_id}: resources.distributed: "
+                                f"{cfg.resources.distributed} trains on several processes: "
+                                "run the cell with `harness run-cell`, which starts them")
+            batch = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+            if batch < self.ranks.world:
+                raise UserError(f"cell {cfg.cell_id}: {batch} sequences a step cannot be "
+                                f"split over {self.ranks.world} processes: raise "
+                                "rollout.prompts_per_step or lower resources.gpus_per_cell")
         self.controller = make_controller(cfg.controller.name, cfg.controller.params)
         try:
             selection = load_selection(cfg.tasks)
@@ -128,15 +140,18 @@ class CellRunner:
         self.splits = selection.splits
         # Which problems each split holds (and what was dropped, and why) and the exact
         # prompt text of each: re-running selects the same problems.
-        write_json(self.dir / "tasks.json", selection.record())
+        main = self.ranks.main
+        if main:
+            write_json(self.dir / "tasks.json", selection.record())
         self.policy = load_policy(cfg.model)
-        write_json(self.dir / "prompts.json", prompt_records(self.policy, self.splits))
+        if main:
+            write_json(self.dir / "prompts.json", prompt_records(self.policy, self.splits))
         self.model = self.policy.model
         if cfg.optim.gradient_checkpointing and not enable_activation_checkpointing(self.model):
             raise UserError(f"cell {cfg.cell_id}: model {cfg.model.id!r} does not support "
                             f"gradient checkpointing: set optim.gradient_checkpointing: false")
         self.backend = make_backend(cfg.rollout.backend, self.policy)
-        self.store = CheckpointStore(self.dir / "checkpoints", self.model)
+        self.store = CheckpointStore(self.dir / "checkpoints", self.model, write=main)
         self.store.keep_init()
         self.limits = {"timeout_s": cfg.grader.timeout_s, "memory_mb": cfg.grader.memory_mb,
                        "output_bytes": cfg.grader.output_bytes}
@@ -152,16 +167,43 @@ class CellRunner:
                 self._grader = GraderClient(socket_path)
                 self._grader.health()
             else:
-                self._grader = GraderPool(workers=self.cfg.grader.workers)
+                # the ranks grade their shares side by side: the workers are split
+                self._grader = GraderPool(
+                    workers=max(1, self.cfg.grader.workers // self.ranks.world))
         except GraderError as e:
             raise UserError(f"cell {self.cfg.cell_id}: grader cannot start: {e}") from None
         self._owns_grader = True
         return self._grader
 
     def _sample_and_grade(self, tasks: list[Any], n: int, temperature: float, top_p: float,
-                          max_new_tokens: int, seed: int) -> tuple[list[list[float]], Any,
-                                                                  dict[str, float]]:
-        """Sample n completions per task and grade them: rewards [len(tasks)][n]."""
+                          max_new_tokens: int, seed: int, rollouts_needed: bool = True
+                          ) -> tuple[list[list[float]], Any, dict[str, float]]:
+        """Sample n completions per task and grade them: rewards [len(tasks)][n].
+
+        With several ranks, each samples (with its own seed) and grades a contiguous share of
+        the tasks, and the rewards (and, when `rollouts_needed`, the rollouts) of all shares
+        are gathered in task order on every rank; the timings are this rank's."""
+        if self.ranks.world > 1:
+            from harness.policy.rollout import Rollouts
+
+            part = self.ranks.share(len(tasks))
+            rewards, ro, t = self._sample_and_grade_here(
+                tasks[part], n, temperature, top_p, max_new_tokens,
+                derive_seed(seed, "rank", self.ranks.rank))
+            shares = self.ranks.gather((rewards, (ro.texts, ro.prompt_ids, ro.completion_ids)
+                                        if rollouts_needed else None))
+            rewards = [r for share_rewards, _ in shares for r in share_rewards]
+            if rollouts_needed:
+                ro = Rollouts(texts=[x for _, s in shares for x in s[0]],
+                              prompt_ids=[x for _, s in shares for x in s[1]],
+                              completion_ids=[x for _, s in shares for x in s[2]],
+                              n=n, seconds=ro.seconds)
+            return rewards, ro, t
+        return self._sample_and_grade_here(tasks, n, temperature, top_p, max_new_tokens, seed)
+
+    def _sample_and_grade_here(self, tasks: list[Any], n: int, temperature: float,
+                               top_p: float, max_new_tokens: int, seed: int
+                               ) -> tuple[list[list[float]], Any, dict[str, float]]:
         from harness.policy import completion_code, render_prompt
         from harness.tasks import grader_request
 
@@ -196,7 +238,7 @@ class CellRunner:
         with torch.no_grad():
             rewards, _, t = self._sample_and_grade(
                 tasks, e.samples_per_task, e.temperature, e.top_p, e.max_new_tokens,
-                derive_seed(self.cfg.seed, "eval", split))
+                derive_seed(self.cfg.seed, "eval", split), rollouts_needed=False)
         passes = int(sum(sum(r) for r in rewards))
         pass1 = sum(sum(r) / len(r) for r in rewards) / len(rewards)
         return pass1, passes, t
@@ -244,7 +286,8 @@ class CellRunner:
             if getattr(self, "_owns_grader", False):
                 self._grader.close()
         result = build_result(cfg, self.trace.records)
-        write_json(self.dir / "result.json", result)
+        if self.ranks.main:
+            write_json(self.dir / "result.json", result)
         self.progress({"event": "done", "cell_id": cfg.cell_id, "result": result})
         return result
 
@@ -282,9 +325,20 @@ class CellRunner:
                                      chunk=cfg.optim.micro_batch_size,
                                      temperature=max(cfg.rollout.temperature, 1e-5))
             ewc = EWCState.from_model(self.model, fisher)
-        optimizer = make_optimizer(self.model, lr=plan.lr, betas=cfg.optim.betas,
-                                   weight_decay=cfg.optim.weight_decay,
-                                   master_weights=cfg.optim.master_weights)
+        n_seq = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+        engine = None
+        if self.ranks.world > 1:  # a fresh DeepSpeed engine (and AdamW) per campaign
+            from harness.distributed.runtime import EngineUpdate
+
+            engine = EngineUpdate(self.model, self.ranks, cfg.resources.distributed,
+                                  lr=plan.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay,
+                                  grad_clip=cfg.optim.grad_clip, batch=n_seq,
+                                  micro_batch_size=cfg.optim.micro_batch_size)
+        else:
+            optimizer = make_optimizer(self.model, lr=plan.lr, betas=cfg.optim.betas,
+                                       weight_decay=cfg.optim.weight_decay,
+                                       master_weights=cfg.optim.master_weights)
 
         t0 = time.perf_counter()
         pass1, passes, _ = self.evaluate("eval")
@@ -304,13 +358,22 @@ class CellRunner:
             batch = rollouts.to_batch(self.policy.tokenizer.pad_token_id,
                                       device=self.policy.device)
             reward_t = torch.tensor(rewards, dtype=torch.float32)
-            optimizer.zero_grad(set_to_none=True)
-            metrics = backward_loss(cfg.method, self.model, batch, reward_t,
-                                    ref_model=ref_model, ewc=ewc,
-                                    temperature=max(cfg.rollout.temperature, 1e-5),
-                                    micro_batch_size=cfg.optim.micro_batch_size,
-                                    after_backward=getattr(optimizer, "accumulate_grads", None))
-            grad_norm = apply_gradients(self.model, optimizer, cfg.optim.grad_clip)
+            if engine is not None:  # this rank's share of the rows, through the engine
+                metrics = backward_loss(cfg.method, self.model, batch, reward_t,
+                                        ref_model=ref_model, ewc=ewc,
+                                        temperature=max(cfg.rollout.temperature, 1e-5),
+                                        micro_batch_size=cfg.optim.micro_batch_size,
+                                        rows=self.ranks.share(n_seq), backward=engine.backward,
+                                        reduce=self.ranks.sum)
+                grad_norm = engine.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                metrics = backward_loss(
+                    cfg.method, self.model, batch, reward_t, ref_model=ref_model, ewc=ewc,
+                    temperature=max(cfg.rollout.temperature, 1e-5),
+                    micro_batch_size=cfg.optim.micro_batch_size,
+                    after_backward=getattr(optimizer, "accumulate_grads", None))
+                grad_norm = apply_gradients(self.model, optimizer, cfg.optim.grad_clip)
             te = time.perf_counter()
             pass1, passes, teval = self.evaluate("eval")
             tend = time.perf_counter()
@@ -332,6 +395,8 @@ class CellRunner:
                 self.trace.append({"type": "stop", "campaign": k, "step": step,
                                    "reason": stopped})
                 break
+        if engine is not None:
+            engine.close()
         summary = summarise(k, curve, budget=plan.budget, start_from=plan.start_from,
                             lr=plan.lr, collapse_threshold=cfg.chain.collapse_threshold,
                             stopped_early=stopped)

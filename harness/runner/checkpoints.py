@@ -27,8 +27,11 @@ def _snapshot(model: torch.nn.Module) -> State:
 
 
 class CheckpointStore:
-    def __init__(self, directory: Path, model: torch.nn.Module) -> None:
+    def __init__(self, directory: Path, model: torch.nn.Module, write: bool = True) -> None:
+        """`write=False` (ranks other than 0 of a multi-process cell): keep the same
+        checkpoints in memory, read the files on resume, never write or delete them."""
         self.dir = directory
+        self.write = write
         self.model = model
         self._mem: dict[str, State] = {}
         self._peaks: dict[int, float] = {}
@@ -71,8 +74,12 @@ class CheckpointStore:
     def finish_campaign(self, k: int, model: torch.nn.Module, peak: float) -> None:
         assert self._running_peak is not None
         states = {f"c{k}:last": _snapshot(model), f"c{k}:peak": self._running_peak}
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.write:
+            self.dir.mkdir(parents=True, exist_ok=True)
         for name, state in states.items():
+            if not self.write:
+                self._mem[name] = state
+                continue
             tmp = self._path(name).with_suffix(".tmp")
             try:
                 save_file(state, str(tmp))
@@ -93,7 +100,8 @@ class CheckpointStore:
         for name in list(self._mem):
             if name not in keep:
                 del self._mem[name]
-                self._path(name).unlink(missing_ok=True)
+                if self.write:
+                    self._path(name).unlink(missing_ok=True)
 
     def restore(self, summaries: Any) -> None:
         """On resume: reload the kept campaign checkpoints of the finished campaigns."""
@@ -104,6 +112,6 @@ class CheckpointStore:
                 raise UserError(f"cannot resume: checkpoint {path} is missing; delete the cell "
                                 "directory to re-run the cell from scratch")
             self._mem[name] = load_file(str(path))
-        for path in self.dir.glob("*.safetensors") if self.dir.is_dir() else []:
+        for path in self.dir.glob("*.safetensors") if self.dir.is_dir() and self.write else []:
             if path.stem.replace("_", ":", 1) not in self._keep():
                 path.unlink(missing_ok=True)

@@ -30,13 +30,20 @@ TIMING_KEYS = ("time",)
 
 
 class Trace:
-    def __init__(self, path: Path) -> None:
+    """A cell's `trace.jsonl`. `write=False` (the ranks of a multi-process cell other than
+    rank 0): read the file, keep later records in memory only."""
+
+    def __init__(self, path: Path, write: bool = True) -> None:
         self.path = path
+        self.write = write
         self.records: list[dict[str, Any]] = read_trace(path)
         self._torn = path.exists() and path.stat().st_size > 0 and \
             not path.read_bytes().endswith(b"\n")
 
     def append(self, record: dict[str, Any]) -> None:
+        if not self.write:
+            self.records.append(record)
+            return
         line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
         try:
             with open(self.path, "a", encoding="utf-8") as f:
@@ -59,7 +66,9 @@ class Trace:
         keep = self.records[: last + 1]
         if last + 1 < len(self.records) and self.records[last + 1]["type"] == "final":
             keep.append(self.records[last + 1])
-        if len(keep) != len(self.records) or self._torn:
+        if not self.write:
+            self.records = keep
+        elif len(keep) != len(self.records) or self._torn:
             tmp = self.path.with_suffix(".jsonl.tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 for r in keep:

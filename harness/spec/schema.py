@@ -332,11 +332,11 @@ class ResourcesSpec(_Strict):
     gpus_per_cell: float = Field(0, ge=0, description="GPUs requested per cell (ray/docker).")
     cpus_per_cell: float = Field(1, gt=0, description="CPUs requested per cell (ray).")
     distributed: str = Field(
-        "none", description="How one cell trains: `none` (one process) or an accelerate + "
-        "DeepSpeed configuration shipped in harness/distributed, on gpus_per_cell GPUs: "
-        "zero2-3b (ZeRO-2, models up to ~4B), zero3-7b (ZeRO-3, 7B). Not implemented by the "
-        "cell runner yet: a cell that selects one refuses to start (README \"Distributed "
-        "training\").")
+        "none", description="How one cell trains: `none` (one process) or a DeepSpeed "
+        "configuration shipped in harness/distributed: data-parallel training on "
+        "gpus_per_cell processes (one GPU each; CPU processes where no GPU is visible), "
+        "started by `harness run-cell`: zero2-3b (ZeRO-2, 2 GPUs, models up to ~4B), "
+        "zero2-7b (ZeRO-2, 4 GPUs, 7B). README \"Distributed training\".")
 
     @field_validator("distributed")
     @classmethod
@@ -355,11 +355,11 @@ class ResourcesSpec(_Strict):
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> ResourcesSpec:
-        if self.distributed != "none" and (self.gpus_per_cell < 1
+        if self.distributed != "none" and (self.gpus_per_cell < 2
                                            or self.gpus_per_cell != int(self.gpus_per_cell)):
             raise ValueError(f"distributed: {self.distributed} runs one process per GPU: "
-                             f"gpus_per_cell must be a whole number >= 1, not "
-                             f"{self.gpus_per_cell:g}")
+                             f"gpus_per_cell must be a whole number >= 2, not "
+                             f"{self.gpus_per_cell:g} (one GPU: distributed: none)")
         return self
 
 
