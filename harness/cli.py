@@ -134,9 +134,11 @@ def plan(
     passes = (f"micro-batches of {o.micro_batch_size} of the {batch} sequences a step"
               if o.micro_batch_size and o.micro_batch_size < batch
               else f"the whole batch ({batch} sequences) in one pass")
+    masters = ("DeepSpeed's (float32)" if s.resources.distributed != "none"
+               else f"{o.master_weights} (for 16-bit weights)")
     out.print(f"update: {passes}; gradient checkpointing "
-              f"{'on' if o.gradient_checkpointing else 'off'}; master weights "
-              f"{o.master_weights} (for 16-bit weights)", markup=False, highlight=False)
+              f"{'on' if o.gradient_checkpointing else 'off'}; master weights {masters}",
+              markup=False, highlight=False)
     if s.resources.distributed != "none":
         from harness.distributed import load
 

@@ -18,8 +18,9 @@ step is split, and what the chain decides from is the same on every rank:
   float32 master partitions;
 - the optimizer is fresh per campaign: a new engine (`deepspeed.initialize`) over AdamW at the
   campaign's learning rate, destroyed at the campaign's end;
-- rank 0 writes the cell's files (trace, checkpoints, results); the others keep the same
-  records in memory.
+- rank 0 writes the cell's files (trace, checkpoints, results) and holds the checkpoints;
+  the others keep the same records in memory and receive rank 0's weights (`broadcast`)
+  whenever a checkpoint is loaded.
 
 ZeRO stages 1 and 2 only: parameters stay whole on every rank, so generation, checkpoints,
 the KL reference and the EWC Fisher use the plain model between updates (ZeRO-3, which shards
@@ -179,6 +180,14 @@ class Ranks:
             t = t.cuda()
         torch.distributed.all_reduce(t)
         return dict(zip(keys, t.tolist(), strict=True))
+
+    def broadcast(self, module: torch.nn.Module) -> None:
+        """Overwrite `module`'s weights (its state dict, in place) with rank 0's."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for t in module.state_dict().values():
+                torch.distributed.broadcast(t, src=0)
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -151,7 +151,8 @@ class CellRunner:
             raise UserError(f"cell {cfg.cell_id}: model {cfg.model.id!r} does not support "
                             f"gradient checkpointing: set optim.gradient_checkpointing: false")
         self.backend = make_backend(cfg.rollout.backend, self.policy)
-        self.store = CheckpointStore(self.dir / "checkpoints", self.model, write=main)
+        self.store = CheckpointStore(self.dir / "checkpoints", self.model, write=main,
+                                     sync=self.ranks.broadcast if self.ranks.world > 1 else None)
         self.store.keep_init()
         self.limits = {"timeout_s": cfg.grader.timeout_s, "memory_mb": cfg.grader.memory_mb,
                        "output_bytes": cfg.grader.output_bytes}

@@ -10,6 +10,7 @@ most five policies are held, whatever the chain length. Campaign checkpoints are
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from harness.errors import UserError
 
 State = dict[str, torch.Tensor]
+Sync = Callable[[torch.nn.Module], None]
 
 
 def _snapshot(model: torch.nn.Module) -> State:
@@ -27,18 +29,34 @@ def _snapshot(model: torch.nn.Module) -> State:
 
 
 class CheckpointStore:
-    def __init__(self, directory: Path, model: torch.nn.Module, write: bool = True) -> None:
-        """`write=False` (ranks other than 0 of a multi-process cell): keep the same
-        checkpoints in memory, read the files on resume, never write or delete them."""
+    """The checkpoints of one cell. In a multi-process cell (`sync` given) rank 0's store
+    holds them and writes the files (`write=True`); the other ranks' stores (`write=False`)
+    keep only their names and receive rank 0's weights whenever one is loaded: `sync(model)`
+    broadcasts a module's weights from rank 0, and every rank calls the same methods in the
+    same order."""
+
+    def __init__(self, directory: Path, model: torch.nn.Module, write: bool = True,
+                 sync: Sync | None = None) -> None:
         self.dir = directory
         self.write = write
+        self.sync = sync
         self.model = model
-        self._mem: dict[str, State] = {}
+        self._mem: dict[str, State | None] = {}  # None: held by rank 0
         self._peaks: dict[int, float] = {}
         self._running_peak: State | None = None
 
+    def _snap(self, model: torch.nn.Module) -> State:
+        return _snapshot(model) if self.write else {}
+
+    def _load(self, model: torch.nn.Module, name: str) -> None:
+        state = self._mem[name]
+        if state is not None:
+            model.load_state_dict(state)
+        if self.sync is not None:
+            self.sync(model)
+
     def keep_init(self) -> None:
-        self._mem["init"] = _snapshot(self.model)
+        self._mem["init"] = _snapshot(self.model) if self.write else None
 
     def names(self) -> list[str]:
         return list(self._mem)
@@ -46,12 +64,12 @@ class CheckpointStore:
     def load_into(self, model: torch.nn.Module, name: str) -> None:
         if name not in self._mem:
             raise KeyError(f"checkpoint {name!r} is not kept (kept: {self.names()})")
-        model.load_state_dict(self._mem[name])
+        self._load(model, name)
 
     def reference(self, name: str) -> torch.nn.Module:
         """A frozen copy of the policy with checkpoint `name`'s weights."""
         ref = copy.deepcopy(self.model)
-        ref.load_state_dict(self._mem[name])
+        self._load(ref, name)
         ref.eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -59,7 +77,7 @@ class CheckpointStore:
 
     def mark_peak(self, model: torch.nn.Module) -> None:
         """Remember the current policy as the running campaign's peak."""
-        self._running_peak = _snapshot(model)
+        self._running_peak = self._snap(model)
 
     def _keep(self) -> set[str]:
         if not self._peaks:
@@ -73,13 +91,14 @@ class CheckpointStore:
 
     def finish_campaign(self, k: int, model: torch.nn.Module, peak: float) -> None:
         assert self._running_peak is not None
+        if not self.write:
+            self._mem.update({f"c{k}:last": None, f"c{k}:peak": None})
+            self._peaks[k] = peak
+            self._running_peak = None
+            return
         states = {f"c{k}:last": _snapshot(model), f"c{k}:peak": self._running_peak}
-        if self.write:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         for name, state in states.items():
-            if not self.write:
-                self._mem[name] = state
-                continue
             tmp = self._path(name).with_suffix(".tmp")
             try:
                 save_file(state, str(tmp))
@@ -107,6 +126,9 @@ class CheckpointStore:
         """On resume: reload the kept campaign checkpoints of the finished campaigns."""
         self._peaks = {s.index: s.peak for s in summaries}
         for name in sorted(self._keep() - {"init"}):
+            if not self.write:
+                self._mem[name] = None
+                continue
             path = self._path(name)
             if not path.exists():
                 raise UserError(f"cannot resume: checkpoint {path} is missing; delete the cell "
