@@ -233,7 +233,9 @@ def run_cell(
     cell_dir: Annotated[Path, typer.Argument(help="A cell directory holding config.json.")],
 ) -> None:
     """Run (or resume) one cell from its resolved config: the entry point every executor
-    calls. Writes trace.jsonl and result.json beside config.json."""
+    calls. Writes trace.jsonl and result.json beside config.json. A cell whose spec sets
+    resources.distributed runs as resources.gpus_per_cell data-parallel processes (one GPU
+    each; CPU processes where none is visible), started and awaited here."""
     import fcntl
     import os
 

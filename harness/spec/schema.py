@@ -329,7 +329,8 @@ class ExcludeRule(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    gpus_per_cell: float = Field(0, ge=0, description="GPUs requested per cell (ray/docker).")
+    gpus_per_cell: float = Field(0, ge=0, description="GPUs requested per cell (ray/docker); "
+                                 "with `distributed`, also the number of processes.")
     cpus_per_cell: float = Field(1, gt=0, description="CPUs requested per cell (ray).")
     distributed: str = Field(
         "none", description="How one cell trains: `none` (one process) or a DeepSpeed "
