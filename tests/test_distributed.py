@@ -167,7 +167,7 @@ def test_an_update_split_over_ranks_is_the_one_process_update(tmp_path: Path, mi
         assert d["entropy_ranks"] == pytest.approx(d["entropy_single"], rel=1e-6)
         if "kl" in method:
             assert d["kl_ranks"] == pytest.approx(d["kl_single"], rel=1e-5, abs=1e-7)
-        if "ewc" in method:  # added once (by rank 0), not once per rank
+        if "ewc" in method:  # added once (a share on each rank), not once per rank
             assert d["ewc_single"] > 0.01
             assert d["ewc_ranks"] == pytest.approx(d["ewc_single"], rel=1e-6)
         assert d["update_norm"] > 0.1
@@ -186,6 +186,57 @@ def test_launch_reports_a_failed_rank_in_one_line_and_stops_the_rest(tmp_path: P
     err = capfd.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: rank 1 of 2 failed (exit 3): error: rank one cannot go on")
     assert (tmp_path / "rank1.log").is_file()
+
+
+def test_launch_reports_a_rank_killed_by_a_signal(tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture):
+    code = ("import os, signal, time\n"
+            "if os.environ['RANK'] == '0':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "time.sleep(600)\n")
+    assert launch([sys.executable, "-c", code], 2, tmp_path) == 1
+    assert capfd.readouterr().err.strip().splitlines()[-1] == \
+        "error: rank 0 of 2 was killed by signal 9"
+
+
+def test_stopping_the_cell_process_stops_its_ranks(tmp_path: Path):
+    """Executors stop a cell by signalling its `run-cell` process: its ranks go with it."""
+    import signal
+    import time
+
+    rank = ("import os, pathlib, time\n"
+            f"pathlib.Path({str(tmp_path)!r}, 'pid' + os.environ['RANK']).write_text("
+            "str(os.getpid()))\n"
+            "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import sys\nfrom pathlib import Path\n"
+                               "from harness.distributed.runtime import launch\n"
+                               f"sys.exit(launch([sys.executable, '-c', {rank!r}], 2, "
+                               f"Path({str(tmp_path)!r})))\n"])
+    pids = [tmp_path / f"pid{k}" for k in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(p.exists() and p.read_text() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ranks = [int(p.read_text()) for p in pids]
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    for pid in ranks:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_batch_that_does_not_split_evenly_over_the_ranks_is_refused(tmp_path: Path):
+    """Unequal shares would run unequal numbers of backward passes, each of which
+    communicates under ZeRO-2: refused before any work."""
+    from harness.runner.cell import CellConfig, CellRunner
+
+    spec, _ = load_spec(str(_tiny_dist_spec(tmp_path)))
+    cell = expand_cells(spec)[0]
+    raw = {**cell.config, "rollout": {**cell.config["rollout"], "prompts_per_step": 3,
+                                      "group_size": 3}}
+    runner = CellRunner(CellConfig.from_dict(cell.cell_id, raw), tmp_path, ranks=Ranks(0, 2))
+    with pytest.raises(UserError, match=r"9 sequences a step .* do not split evenly over 2"):
+        runner.run()
+    assert not (tmp_path / "tasks.json").exists()
 
 
 def _tiny_dist_spec(tmp_path: Path, models: str = "[tiny]") -> Path:

@@ -73,8 +73,13 @@ def launch(argv: list[str], world: int, cell_dir: Path) -> int:
     """Run `argv` (this cell's `run-cell`) as `world` ranks on this machine and wait.
 
     Rank 0 shares this process's output; the others write `rank<k>.log` in the cell
-    directory. When a rank fails, the rest are stopped and its last line is reported.
-    Returns the exit status (0 when every rank finished)."""
+    directory. When a rank fails, the rest are stopped and its last line is reported. The
+    ranks die with this process (PR_SET_PDEATHSIG), and a SIGTERM or SIGINT to it stops them
+    first. Returns the exit status (0 when every rank finished)."""
+    import signal
+
+    from harness.executors.local import _die_with_parent
+
     if torch.cuda.is_available() and torch.cuda.device_count() < world:
         raise UserError(f"resources.gpus_per_cell is {world} but this machine has "
                         f"{torch.cuda.device_count()} GPUs: run the cell where it has {world}, "
@@ -88,11 +93,25 @@ def launch(argv: list[str], world: int, cell_dir: Path) -> int:
     for rank in range(world):
         env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), RANK_ENV: str(rank)}
         if rank == 0:
-            procs.append(subprocess.Popen(argv, env=env))
+            procs.append(subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent))
             continue
         log = open(cell_dir / RANK_LOG.format(rank=rank), "wb")  # noqa: SIM115
         logs.append(log)
-        procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      preexec_fn=_die_with_parent))
+
+    def stop(signum: int, frame: Any) -> None:  # the executor stops the cell: stop its ranks
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     failed: tuple[int, int] | None = None
     try:
         while True:
@@ -112,6 +131,8 @@ def launch(argv: list[str], world: int, cell_dir: Path) -> int:
                 p.kill()
                 p.wait()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for log in logs:
             log.close()
     if failed is None:
@@ -119,7 +140,9 @@ def launch(argv: list[str], world: int, cell_dir: Path) -> int:
     if failed is None:
         return 0
     rank, code = failed
-    if rank != 0:  # rank 0's own error line is on this process's stderr already
+    if code < 0:  # killed by a signal (the out-of-memory killer, say): it printed nothing
+        print(f"error: rank {rank} of {world} was killed by signal {-code}", file=sys.stderr)
+    elif rank != 0:  # rank 0's own error line is on this process's stderr already
         lines = (cell_dir / RANK_LOG.format(rank=rank)).read_text(errors="replace").splitlines()
         last = next((ln for ln in reversed(lines) if ln.strip()), "no output")
         print(f"error: rank {rank} of {world} failed (exit {code}): {last.strip()} "

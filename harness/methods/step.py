@@ -191,9 +191,9 @@ def backward_loss(
     Data-parallel training (one process per rank, `harness.distributed.runtime`): every rank
     holds the whole batch and rewards, so advantages and normalisers are the whole batch's, and
     backpropagates only `rows` (its share of the sequences) through `backward(loss, last)` (the
-    DeepSpeed engine's; `last`: the share's last micro-batch); `reduce` sums the metrics' partial sums over the ranks. The ranks' gradients
-    then add up to the whole batch's. The EWC penalty is added by the rank whose share starts
-    at row 0.
+    DeepSpeed engine's; `last`: the share's last micro-batch); `reduce` sums the metrics'
+    partial sums over the ranks. The ranks' gradients then add up to the whole batch's. Each
+    rank adds its share's fraction of the EWC penalty, so together they add it once.
 
     micro_batch_size None (or >= N) with no `rows` is exactly `compute_loss` followed by
     `loss.backward()`. Returns `compute_loss`'s metrics.
@@ -239,8 +239,11 @@ def backward_loss(
                 kl_term = spec.kl.beta * (w * per_token_kl).sum()
                 loss = loss + kl_term
                 sums["kl_penalty"] += float(kl_term.detach())
-        if i == 0 and share.start == 0 and spec.ewc is not None and ewc is not None:
-            ewc_term = spec.ewc.lam * ewc.penalty(model).to(loss.device)
+        if i == 0 and spec.ewc is not None and ewc is not None:
+            # added once: in parts proportional to the ranks' shares (every rank's backward
+            # then touches the same parameters, as ZeRO-2's gradient reduction needs)
+            ewc_term = (spec.ewc.lam * ewc.penalty(model).to(loss.device)
+                        * ((share.stop - share.start) / n_seq))
             loss = loss + ewc_term
             sums["ewc_penalty"] = float(ewc_term.detach())
         if backward is None:

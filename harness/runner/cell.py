@@ -128,10 +128,12 @@ class CellRunner:
                                 f"{cfg.resources.distributed} trains on several processes: "
                                 "run the cell with `harness run-cell`, which starts them")
             batch = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-            if batch < self.ranks.world:
-                raise UserError(f"cell {cfg.cell_id}: {batch} sequences a step cannot be "
-                                f"split over {self.ranks.world} processes: raise "
-                                "rollout.prompts_per_step or lower resources.gpus_per_cell")
+            if batch % self.ranks.world:  # equal shares: every rank runs as many backward
+                # passes, each of which communicates under ZeRO-2
+                raise UserError(f"cell {cfg.cell_id}: {batch} sequences a step "
+                                f"(prompts_per_step x group_size) do not split evenly over "
+                                f"{self.ranks.world} processes: make it a multiple of "
+                                "resources.gpus_per_cell")
         self.controller = make_controller(cfg.controller.name, cfg.controller.params)
         try:
             selection = load_selection(cfg.tasks)
