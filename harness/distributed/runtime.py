@@ -212,10 +212,6 @@ class Ranks:
             for t in module.state_dict().values():
                 torch.distributed.broadcast(t, src=0)
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
 
 class EngineUpdate:
     """One campaign's optimizer as a DeepSpeed engine over the (already loaded) model.
@@ -245,11 +241,9 @@ class EngineUpdate:
         ds["bf16"] = {"enabled": dtype == torch.bfloat16}  # the policy's dtype, not the file's
         ds["zero_allow_untested_optimizer"] = True  # torch AdamW as the client optimizer
         self.ranks = ranks
-        self.micro_steps = 0
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
-        self.config = ds
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """Backpropagate one micro-batch's share of the whole batch's loss. DeepSpeed averages
