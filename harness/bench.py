@@ -153,6 +153,7 @@ def arm_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "mean_peak": _mean([a.get("mean_peak") for a in agg]),
                      "mean_gap": _mean([a.get("mean_gap") for a in agg]),
                      "collapsed_campaigns": sum(a.get("collapsed_campaigns") or 0 for a in agg),
+                     "signature_campaigns": sum(a.get("signature_campaigns") or 0 for a in agg),
                      "campaigns": sum(len(c.get("campaigns") or []) for c in done)})
         if key not in naive:
             continue
@@ -182,11 +183,22 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def signature_line(results: dict[str, Any], spec: Spec) -> str:
+    """How many finished campaigns show the study's signature, per arm."""
+    c = spec.chain
+    parts = [f"{r['method']}/{r['controller']} {r.get('signature_campaigns', 0)}/"
+             f"{r['campaigns']}" for r in results.get("arms") or []
+             if r["kind"] == "arm" and r["campaigns"]]
+    return (f"the study's signature (eval pass@1 peaks >= {100 * c.signature_rise:g} points "
+            f"above the campaign's start and ends >= {100 * c.signature_fall:g} points below "
+            f"its peak) in campaigns of: " + ("; ".join(parts) or "none finished"))
+
+
 def summary_table(results: dict[str, Any]) -> Table:
     t = Table(title=f"{results['spec']}@{results['version']}  "
                     f"spec_hash {results['spec_hash'][:12]}")
     for col in ("model", "method", "controller", "seed", "status", "test p@1", "eval p@1",
-                "mean peak", "mean gap", "collapsed"):
+                "mean peak", "mean gap", "collapsed", "signature"):
         t.add_column(col)
     for c in results["cells"]:
         eoc = c.get("end_of_chain") or {}
@@ -196,7 +208,8 @@ def summary_table(results: dict[str, Any]) -> Table:
                   _fmt(eoc.get("pass1_test")),
                   _fmt(eoc.get("pass1_eval")), _fmt(agg.get("mean_peak")),
                   _fmt(agg.get("mean_gap")),
-                  f"{agg.get('collapsed_campaigns', 0)}/{n}" if n else "-")
+                  f"{agg.get('collapsed_campaigns', 0)}/{n}" if n else "-",
+                  f"{agg.get('signature_campaigns', 0)}/{n}" if n else "-")
     return t
 
 
@@ -205,7 +218,7 @@ def arms_table(results: dict[str, Any]) -> Table:
     and the offline guard row are references derived from the naive arms, not arms."""
     t = Table(title="arms (mean over finished seeds; * = reference row from naive traces)")
     for col in ("model", "method", "controller", "seeds", "test p@1", "eval p@1",
-                "mean peak", "mean gap", "collapsed"):
+                "mean peak", "mean gap", "collapsed", "signature"):
         t.add_column(col)
     for r in results.get("arms") or []:
         seeds = f"{r['n']}/{r['n_cells']}"
@@ -213,17 +226,20 @@ def arms_table(results: dict[str, Any]) -> Table:
             t.add_row(r["model"], r["method"], r["controller"], seeds, _fmt(r["pass1_test"]),
                       _fmt(r["pass1_eval"]), _fmt(r["mean_peak"]), _fmt(r["mean_gap"]),
                       f"{r['collapsed_campaigns']}/{r['campaigns']}" if r["campaigns"]
+                      else "-",
+                      f"{r.get('signature_campaigns', 0)}/{r['campaigns']}" if r["campaigns"]
                       else "-")
         elif r["kind"] == "oracle":
             t.add_row(r["model"], r["method"], f"*{r['controller']} of {r['of']}", seeds,
-                      _fmt(r["pass1_test"]), _fmt(r["pass1_eval"]), "", "", "", style="dim")
+                      _fmt(r["pass1_test"]), _fmt(r["pass1_eval"]), "", "", "", "",
+                      style="dim")
         else:
             lead = r["mean_lead_time"]
             t.add_row(r["model"], r["method"], f"*guard (offline) on {r['of']}", seeds,
                       "", "", "", "",
                       f"caught {r['caught']}/{r['collapsed']}, false alarms "
                       f"{r['false_alarms']}, lead {'-' if lead is None else f'{lead:.1f}'}",
-                      style="dim")
+                      "", style="dim")
     return t
 
 
@@ -294,6 +310,7 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
                       markup=False, highlight=False)
     console.print(summary_table(results))
     console.print(arms_table(results))
+    console.print(signature_line(results, spec), markup=False, highlight=False)
     if results["comparisons"]:
         from harness.compare import comparisons_table
 

@@ -549,7 +549,7 @@ def _ci_txt(ci: tuple[float, float, float] | None) -> tuple[str, str]:
 def arms_table(run: RunData) -> tuple[list[str], list[list[str]], list[int]]:
     """The `arm` and `oracle` rows of `arms` (and the indices of the oracle rows)."""
     head = ["model", "method", "controller", "seeds", "test p@1", "eval p@1", "mean peak",
-            "mean gap", "collapsed"]
+            "mean gap", "collapsed", "signature"]
     rows: list[list[str]] = []
     refs = []
     for r in run.results.get("arms") or []:
@@ -558,11 +558,13 @@ def arms_table(run: RunData) -> tuple[list[str], list[list[str]], list[int]]:
             rows.append([r["model"], r["method"], r["controller"], seeds, _f(r["pass1_test"]),
                          _f(r["pass1_eval"]), _f(r.get("mean_peak")), _f(r.get("mean_gap")),
                          f"{r['collapsed_campaigns']}/{r['campaigns']}" if r.get("campaigns")
-                         else "-"])
+                         else "-",
+                         f"{r.get('signature_campaigns', 0)}/{r['campaigns']}"
+                         if r.get("campaigns") else "-"])
         elif r["kind"] == "oracle":
             refs.append(len(rows))
             rows.append([r["model"], r["method"], f"* {r['controller']} of {r['of']}", seeds,
-                         _f(r["pass1_test"]), _f(r["pass1_eval"]), "", "", ""])
+                         _f(r["pass1_test"]), _f(r["pass1_eval"]), "", "", "", ""])
     return head, rows, refs
 
 
@@ -587,14 +589,16 @@ def end_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], l
 
 
 def cells_table(run: RunData) -> tuple[list[str], list[list[str]]]:
-    head = ["cell", "seed", "status", "test p@1", "eval p@1", "campaigns", "collapsed"]
+    head = ["cell", "seed", "status", "test p@1", "eval p@1", "campaigns", "collapsed",
+            "signature"]
     rows = []
     for c in run.cells:
         eoc = c.entry.get("end_of_chain") or {}
         camps = c.campaigns or c.entry.get("campaigns") or []
         rows.append([c.entry.get("cell_id", "?"), str(c.seed), c.entry.get("status", "?"),
                      _f(eoc.get("pass1_test")), _f(eoc.get("pass1_eval")), str(len(camps)),
-                     str(sum(1 for k in camps if k.get("collapsed")))])
+                     str(sum(1 for k in camps if k.get("collapsed"))),
+                     str(sum(1 for k in camps if k.get("signature")))])
     return head, rows
 
 

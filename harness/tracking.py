@@ -188,7 +188,8 @@ def record_points(records: Sequence[dict[str, Any]], i: int) -> list[Point]:
             items += [("mean_peak", sum(c["peak"] for c in camps) / n),
                       ("mean_end", sum(c["end"] for c in camps) / n),
                       ("mean_gap", sum(c["gap"] for c in camps) / n),
-                      ("collapsed_campaigns", sum(bool(c["collapsed"]) for c in camps))]
+                      ("collapsed_campaigns", sum(bool(c["collapsed"]) for c in camps)),
+                      ("signature_campaigns", sum(bool(c.get("signature")) for c in camps))]
         return _points(i, 0, [x for k, v in items for x in _numeric(k, v)])
     return []
 

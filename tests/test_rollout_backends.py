@@ -55,7 +55,7 @@ def test_vllm_unavailable_says_why(monkeypatch: pytest.MonkeyPatch, policy):
 def test_unknown_backend_is_a_user_error():
     from harness.errors import UserError
 
-    with pytest.raises(UserError, match="hf or vllm"):
+    with pytest.raises(UserError, match="hf, lean or vllm"):
         make_backend("sglang")
 
 

@@ -32,7 +32,7 @@ def test_every_registered_spec_validates(capsys: pytest.CaptureFixture[str]) -> 
 def test_study_specs_are_registered() -> None:
     names = set(registered_specs())
     assert {"qwen3b-care-v2", "qwen7b-controllers", "qwen7b-grpo", "qwen3b-constraints",
-            "gemma4b-pilot", "tiny-smoke", "tiny-collapse", "tiny-controllers"} <= names
+            "gemma4b-pilot", "tiny-smoke", "tiny-collapse", "tiny-study"} <= names
 
 
 def test_plan_qwen3b_care_v2(capsys: pytest.CaptureFixture[str]) -> None:

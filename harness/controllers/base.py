@@ -47,13 +47,22 @@ class CampaignSummary:
     start_from: str
     lr: float
     stopped_early: str | None = None
+    signature: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def has_signature(pass1: list[float], rise: float = 0.05, fall: float = 0.10) -> bool:
+    """The study's signature: the curve peaks at least `rise` above its start, and its last
+    step ends at least `fall` below the peak (a fall that climbs back does not count)."""
+    peak = max(pass1)
+    return peak - pass1[0] >= rise - 1e-9 and peak - pass1[-1] >= fall - 1e-9
+
+
 def summarise(index: int, pass1: list[float], *, budget: int, start_from: str, lr: float,
-              collapse_threshold: float, stopped_early: str | None = None) -> CampaignSummary:
+              collapse_threshold: float, stopped_early: str | None = None,
+              signature_rise: float = 0.05, signature_fall: float = 0.10) -> CampaignSummary:
     """Summarise one campaign's eval pass@1 curve (index 0 = before the first update)."""
     peak = max(pass1)
     peak_step = pass1.index(peak)
@@ -67,7 +76,8 @@ def summarise(index: int, pass1: list[float], *, budget: int, start_from: str, l
     return CampaignSummary(
         index=index, start=pass1[0], peak=peak, peak_step=peak_step, end=end, gap=gap,
         collapsed=gap > collapse_threshold, onset=onset, budget=budget,
-        steps_run=len(pass1) - 1, start_from=start_from, lr=lr, stopped_early=stopped_early)
+        steps_run=len(pass1) - 1, start_from=start_from, lr=lr, stopped_early=stopped_early,
+        signature=has_signature(pass1, signature_rise, signature_fall))
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,11 @@ class EngineUpdate:
         self.engine.set_gradient_accumulation_boundary(last)
         self.engine.backward(loss * self.ranks.world, scale_wrt_gas=False)
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next step (warm-up)."""
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
     def step(self) -> float:
         """Reduce, clip and step; return the global gradient norm before clipping."""
         self.engine.set_gradient_accumulation_boundary(True)

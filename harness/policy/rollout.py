@@ -141,7 +141,7 @@ def _cut_at_eos(row: list[int], eos_id: int) -> list[int]:
     return row[: row.index(eos_id) + 1] if eos_id in row else row
 
 
-ROLLOUT_BACKENDS = ("hf", "vllm")
+ROLLOUT_BACKENDS = ("hf", "lean", "vllm")
 
 
 def _stderr(line: str) -> None:
@@ -158,6 +158,10 @@ def make_backend(name: str, policy: Policy | None = None,
 
     if name == "hf":
         return HFGenerateBackend()
+    if name == "lean":
+        from harness.policy.lean import LeanBackend
+
+        return LeanBackend()
     if name == "vllm":
         from harness.policy.vllm_backend import VLLMBackend, vllm_unavailable
 
@@ -168,4 +172,4 @@ def make_backend(name: str, policy: Policy | None = None,
                           f"generate): {why}")
         return HFGenerateBackend()
     raise UserError(f"rollout backend {name!r} is not available; use backend: "
-                    + " or ".join(ROLLOUT_BACKENDS))
+                    + ", ".join(ROLLOUT_BACKENDS[:-1]) + " or " + ROLLOUT_BACKENDS[-1])

@@ -1,5 +1,7 @@
-"""The built-in tiny policy: a ~1M-parameter Qwen2 model over characters, warm-started by
-supervised training on solutions of the synthetic task family.
+"""The built-in tiny policy: a ~0.2M-parameter Qwen2 model over characters, warm-started by
+supervised training on solutions of the synthetic task family, half of them with their last
+line left out (`TinyRecipe.warm_defect`: a habit that fails the tests, which RL unlearns in
+the first steps of a campaign).
 
 Built on first use and cached; later uses load the cached copy. Cache layout:
 
@@ -39,7 +41,8 @@ from harness.spec.schema import TinyRecipe
 from harness.tasks.synthetic import FAMILY_VERSION, warm_start_tasks
 
 # Bump when anything here changes the weights a recipe produces (the cache key includes it).
-TINY_CODE_VERSION = 2
+# 3: warm_defect (defective warm-start solutions).
+TINY_CODE_VERSION = 3
 MAX_POSITIONS = 256
 WARMUP_STEPS = 20
 # A fixed count, not "all cores": the split of each matmul (and so its float rounding) depends
@@ -141,12 +144,26 @@ def _build_threads() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def warm_solution(task: Any, defective: bool) -> str:
+    """The warm-start target of a task: its reference, without its last line when
+    `defective` (the `return x` / `print(x)` that makes the program answer)."""
+    if not defective:
+        return task.reference
+    lines = task.reference.splitlines(keepends=True)
+    return "".join(lines[:-1])
+
+
 def _encode_examples(tokenizer: Any, recipe: TinyRecipe) -> list[tuple[list[int], int]]:
-    """(ids, prompt_len) per warm-start task: <bos> prompt reference <eos>."""
+    """(ids, prompt_len) per warm-start task: <bos> prompt solution <eos>; a share
+    `recipe.warm_defect` of the tasks (a seeded draw) gets the defective solution."""
+    import random
+
+    rng = random.Random(f"defect|{recipe.warm_seed}")
     out = []
     for task in warm_start_tasks(recipe.warm_tasks, recipe.warm_seed):
         p = tokenizer(task.prompt)["input_ids"]  # adds <bos>
-        c = tokenizer(task.reference, add_special_tokens=False)["input_ids"]
+        defective = recipe.warm_defect > 0 and rng.random() < recipe.warm_defect
+        c = tokenizer(warm_solution(task, defective), add_special_tokens=False)["input_ids"]
         out.append((p + c + [tokenizer.eos_token_id], len(p)))
     return out
 

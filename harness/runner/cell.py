@@ -40,6 +40,7 @@ from harness.errors import UserError
 from harness.rundir import write_json
 from harness.runner.checkpoints import CheckpointStore
 from harness.runner.trace import Trace
+from harness.runner.verdict_cache import VerdictCache
 from harness.spec.schema import (
     ChainSpec,
     ControllerSpec,
@@ -63,6 +64,12 @@ def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any parts (stable across processes and machines)."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def warmed_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """The learning rate of step `step` (1-based) of a campaign: linear warm-up over the first
+    `warmup_steps` steps, then `lr`."""
+    return lr if warmup_steps <= 0 else lr * min(1.0, step / warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,8 @@ class CellRunner:
 
     def _grader_pool(self) -> Any:
         if self._grader is not None:
+            if self.cfg.grader.cache and not isinstance(self._grader, VerdictCache):
+                self._grader = VerdictCache(self._grader)
             return self._grader
         from grader_sandbox import GraderClient, GraderError, GraderPool
 
@@ -176,6 +185,8 @@ class CellRunner:
         except GraderError as e:
             raise UserError(f"cell {self.cfg.cell_id}: grader cannot start: {e}") from None
         self._owns_grader = True
+        if self.cfg.grader.cache:
+            self._grader = VerdictCache(self._grader)
         return self._grader
 
     def _sample_and_grade(self, tasks: list[Any], n: int, temperature: float, top_p: float,
@@ -220,13 +231,16 @@ class CellRunner:
         requests = [grader_request(tasks[i // n], completion_code(tasks[i // n], text, chat),
                                    self.limits, f"{i}", chat=chat)
                     for i, text in enumerate(rollouts.texts)]
-        verdicts = self._grader_pool().grade(requests)
+        grader = self._grader_pool()
+        verdicts = grader.grade(requests)
         t2 = time.perf_counter()
         flat = [1.0 if v.passed else 0.0 for v in verdicts]
         rewards = [flat[i * n:(i + 1) * n] for i in range(len(tasks))]
-        # generate: wall time of the rollout stage; model: the model's own generate() call
+        # generate: wall time of the rollout stage; model: the model's own generate() call;
+        # graded: samples sent to the sandbox (the rest came from the verdict cache)
+        graded = grader.last["graded"] if isinstance(grader, VerdictCache) else len(requests)
         return rewards, rollouts, {"generate": t1 - t0, "grade": t2 - t1,
-                                   "model": rollouts.seconds}
+                                   "model": rollouts.seconds, "graded": graded}
 
     def evaluate(self, split: str) -> tuple[float, int, dict[str, float]]:
         """Unbiased pass@1 (k=1): mean over tasks of passes / n. Returns (pass1, passes,
@@ -361,7 +375,9 @@ class CellRunner:
             batch = rollouts.to_batch(self.policy.tokenizer.pad_token_id,
                                       device=self.policy.device)
             reward_t = torch.tensor(rewards, dtype=torch.float32)
-            if engine is not None:  # this rank's share of the rows, through the engine
+            lr = warmed_lr(plan.lr, step, cfg.optim.warmup_steps)
+            if engine is not None:
+                engine.set_lr(lr)  # this rank's share of the rows, through the engine
                 metrics = backward_loss(cfg.method, self.model, batch, reward_t,
                                         ref_model=ref_model, ewc=ewc,
                                         temperature=max(cfg.rollout.temperature, 1e-5),
@@ -370,6 +386,8 @@ class CellRunner:
                                         reduce=self.ranks.sum)
                 grad_norm = engine.step()
             else:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 metrics = backward_loss(
                     cfg.method, self.model, batch, reward_t, ref_model=ref_model, ewc=ewc,
@@ -388,7 +406,11 @@ class CellRunner:
             timing = {"generate": tgen["generate"], "grade": tgen["grade"], "update": te - tu,
                       "eval": tend - te, "eval_grade": teval["grade"],
                       "model": tgen["model"] + (te - tu) + teval["model"], "step": tend - ts}
-            rec = self._record(k, step, global_step + step, pass1, passes, train, timing)
+            grading = {"train_samples": len(rollouts), "train_graded": tgen["graded"],
+                       "eval_samples": records[0]["eval_samples"],
+                       "eval_graded": teval["graded"]}
+            rec = self._record(k, step, global_step + step, pass1, passes, train, timing,
+                               grading)
             records.append(rec)
             if pass1 > max(curve):
                 self.store.mark_peak(self.model)
@@ -402,7 +424,8 @@ class CellRunner:
             engine.close()
         summary = summarise(k, curve, budget=plan.budget, start_from=plan.start_from,
                             lr=plan.lr, collapse_threshold=cfg.chain.collapse_threshold,
-                            stopped_early=stopped)
+                            stopped_early=stopped, signature_rise=cfg.chain.signature_rise,
+                            signature_fall=cfg.chain.signature_fall)
         self.store.finish_campaign(k, self.model, summary.peak)
         self.trace.append({"type": "campaign", **summary.to_dict(), "reason": plan.reason})
         self.store.prune()
@@ -411,13 +434,16 @@ class CellRunner:
         return global_step + summary.steps_run
 
     def _record(self, k: int, step: int, global_step: int, pass1: float, passes: int,
-                train: dict[str, Any] | None, timing: dict[str, float]) -> dict[str, Any]:
+                train: dict[str, Any] | None, timing: dict[str, float],
+                grading: dict[str, int] | None = None) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "type": "step", "campaign": k, "step": step, "global_step": global_step,
             "eval_pass1": pass1, "eval_passes": passes,
             "eval_samples": len(self.splits["eval"]) * self.cfg.eval.samples_per_task,
             "time": timing,
         }
+        if grading is not None:
+            rec["grading"] = grading
         for key in ("train_reward", "entropy", "kl_to_ref", "grad_norm", "completion_len",
                     "zero_var_groups", "loss", "pg_loss", "kl_penalty", "ewc_penalty",
                     "adv_mean", "tokens_generated"):
@@ -494,7 +520,7 @@ def _summary_from(r: dict[str, Any]) -> Any:
     from harness.controllers import CampaignSummary
 
     fields = CampaignSummary.__dataclass_fields__
-    return CampaignSummary(**{k: r[k] for k in fields})
+    return CampaignSummary(**{k: r[k] for k in fields if k in r})
 
 
 def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -530,6 +556,7 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
             "mean_gap": sum(c["gap"] for c in campaigns) / n if n else None,
             "collapse_rate": sum(c["collapsed"] for c in campaigns) / n if n else None,
             "collapsed_campaigns": sum(c["collapsed"] for c in campaigns),
+            "signature_campaigns": sum(bool(c.get("signature")) for c in campaigns),
             "carryover": carryover,
             "total_steps": len([s for s in steps if s["step"] > 0]),
         },

@@ -4,8 +4,9 @@ Record types (field `type`):
 - `plan`: a controller's decision for campaign `campaign` (start_from, budget, lr, reason,
   numbers);
 - `step`: one step of a campaign (step 0 = evaluation before any update), with the metrics
-  named in README "Trace records" and a `time` mapping (the only fields that vary between
-  identical runs);
+  named in README "Trace records", a `time` mapping and a `grading` mapping (how many
+  samples the sandbox graded, the rest coming from the verdict cache): the only fields that
+  vary between identical runs;
 - `stop`: a controller stopped a campaign early (reason);
 - `campaign`: the summary of a finished campaign (DESIGN.md terms) — a campaign is complete
   only once this line is written;
@@ -26,7 +27,7 @@ from typing import Any
 
 from harness.errors import UserError
 
-TIMING_KEYS = ("time",)
+TIMING_KEYS = ("time", "grading")
 
 
 class Trace:

@@ -38,11 +38,11 @@ class TinyRecipe(_Strict):
     """Recipe of the built-in tiny policy. The policy is built on first use and cached by
     the hash of this recipe (see `harness.policy.tiny`)."""
 
-    hidden_size: PositiveInt = Field(128, description="Transformer width.")
-    intermediate_size: PositiveInt = Field(384, description="MLP width.")
+    hidden_size: PositiveInt = Field(64, description="Transformer width.")
+    intermediate_size: PositiveInt = Field(192, description="MLP width.")
     num_layers: PositiveInt = Field(4, description="Decoder layers.")
     num_heads: PositiveInt = Field(4, description="Attention heads (and key/value heads).")
-    warm_steps: NonNegInt = Field(390, description="Supervised warm-start steps.")
+    warm_steps: NonNegInt = Field(800, description="Supervised warm-start steps.")
     warm_batch: PositiveInt = Field(32, description="Warm-start batch size (tasks).")
     warm_lr: float = Field(3e-3, gt=0, description="Warm-start AdamW learning rate.")
     warm_seed: int = Field(0, description="Seed of the warm start (init, data order).")
@@ -50,6 +50,11 @@ class TinyRecipe(_Strict):
         4096, description="Synthetic tasks generated for the warm start (disjoint seed space "
         "from the benchmark splits)."
     )
+    warm_defect: float = Field(
+        0.5, ge=0, lt=1, description="Share of warm-start solutions whose last line (`return "
+        "x` / `print(x)`) is left out, so the warm-started policy has a habit that fails the "
+        "tests and that reinforcement learning can unlearn (the early rise of a campaign; "
+        "README \"The built-in tiny policy\").")
 
 
 class ModelSpec(_Strict):
@@ -205,6 +210,12 @@ class ChainSpec(_Strict):
     steps: PositiveInt = Field(20, description="Maximum gradient steps per campaign (B).")
     collapse_threshold: float = Field(
         0.20, ge=0, le=1, description="A campaign collapsed when peak - end exceeds this.")
+    signature_rise: float = Field(
+        0.05, ge=0, le=1, description="The study's signature: eval pass@1 peaks at least this "
+        "far above the campaign's start ...")
+    signature_fall: float = Field(
+        0.10, ge=0, le=1, description="... and the campaign's last step ends at least this far "
+        "below the peak.")
 
 
 class TasksSpec(_Strict):
@@ -254,8 +265,11 @@ class RolloutSpec(_Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for training.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for training.")
     max_new_tokens: PositiveInt = Field(512, description="Completion length cap.")
-    backend: Literal["hf", "vllm"] = Field(
-        "hf", description="Rollout backend: hf (transformers generate) or vllm (a vLLM engine "
+    backend: Literal["hf", "lean", "vllm"] = Field(
+        "hf", description="Rollout backend: hf (transformers generate), lean (the harness's "
+        "own decoding loop over the model's forward: one prefill per distinct prompt, a "
+        "preallocated KV cache, finished rows leave the batch; README \"Rollout backends\") "
+        "or vllm (a vLLM engine "
         "colocated with the policy on its GPU, weights synced before every rollout; needs the "
         "`gpu` extra and a CUDA GPU, else falls back to hf with a warning in the cell log; "
         "not yet verified against a real vLLM, see README \"Rollout backends\"). Part of "
@@ -267,6 +281,10 @@ class OptimSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    warmup_steps: NonNegInt = Field(
+        0, description="Linear learning-rate warm-up at the start of every campaign (the "
+        "optimizer is fresh per campaign): step s of a campaign uses lr x min(1, s / N); 0: "
+        "none.")
     micro_batch_size: PositiveInt | None = Field(
         None, description="Sequences per forward/backward pass of the update; their gradients "
         "accumulate into one optimizer step, with the loss normalised over the whole batch (the "
@@ -290,6 +308,11 @@ class GraderSpec(_Strict):
     memory_mb: PositiveInt = Field(512, description="Address-space limit per sample (MiB).")
     output_bytes: PositiveInt = Field(1 << 20, description="Output cap per sample.")
     workers: PositiveInt = Field(2, description="Sandbox worker processes per cell.")
+    cache: bool = Field(
+        True, description="Grade each distinct program once per cell process: passed, wrong "
+        "answer and error verdicts are kept by the request's sha256 and reused (a policy "
+        "repeats its programs); timeouts, memory, output-limit, violation and crash verdicts "
+        "are graded every time. Same verdicts either way; false grades every sample.")
 
 
 class ArmRef(_Strict):
