@@ -30,7 +30,7 @@ from harness.stats import (
 )
 from harness.stats.paired import ALPHA, MARGIN, RESAMPLES
 
-REGRESSION_METRIC = "end_of_chain_pass1_test"  # DESIGN.md: the gate is on the test split
+REGRESSION_METRIC = "end_of_chain_pass1_test"  # docs/design.md: the gate is on the test split
 
 
 # --------------------------------------------------------------------------- reading runs

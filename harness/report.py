@@ -365,6 +365,19 @@ def fig_mean_curves(run: RunData) -> tuple[Figure, str] | None:
     return fig, caption
 
 
+def _signature(run: RunData, cell: Any, campaign: dict[str, Any]) -> bool:
+    """The campaign record's `signature`, or (traces written before it was recorded) the
+    signature of its eval curve under the spec's thresholds."""
+    if "signature" in campaign:
+        return bool(campaign["signature"])
+    from harness.controllers.base import has_signature
+
+    chain = run.spec.get("chain") or {}
+    curve = [float(s["eval_pass1"]) for s in cell.steps if s["campaign"] == campaign["index"]]
+    return bool(curve) and has_signature(curve, float(chain.get("signature_rise", 0.05)),
+                                         float(chain.get("signature_fall", 0.10)))
+
+
 def fig_seed_curves(run: RunData) -> tuple[Figure, str] | None:
     """Small multiples: per arm, one line per seed."""
     from matplotlib.lines import Line2D
@@ -383,11 +396,15 @@ def fig_seed_curves(run: RunData) -> tuple[Figure, str] | None:
             ax.plot(xs, ys, color=colour_of[c.seed], lw=1.2)
             peaks = [(r, s) for r in c.campaigns for s in c.steps
                      if s["campaign"] == r["index"] and s["step"] == r["peak_step"]]
-            ax.plot([s["global_step"] for _, s in peaks], [r["peak"] for r, _ in peaks],
-                    ls="none", marker="^", ms=4, color=colour_of[c.seed])
+            for sig, marker, ms in ((False, "^", 4), (True, "*", 8)):
+                sel = [(r, s) for r, s in peaks if _signature(run, c, r) is sig]
+                ax.plot([s["global_step"] for _, s in sel], [r["peak"] for r, _ in sel],
+                        ls="none", marker=marker, ms=ms, color=colour_of[c.seed])
         drawn.add(_mark_boundaries(ax, [boundaries(c.steps) for c in cells],
                                    [colour_of[c.seed] for c in cells]))
-        ax.set_title(run.label(key), fontsize=10)
+        n_camps = sum(len(c.campaigns) for c in cells)
+        n_sig = sum(_signature(run, c, r) for c in cells for r in c.campaigns)
+        ax.set_title(f"{run.label(key)}  (signature {n_sig}/{n_camps})", fontsize=10)
         ax.grid(alpha=0.3)
     _label_outer(axes)
     if "per seed" in drawn:
@@ -395,10 +412,18 @@ def fig_seed_curves(run: RunData) -> tuple[Figure, str] | None:
     handles = [Line2D([], [], color=colour_of[s], lw=1.5, label=f"seed {s}") for s in seeds]
     handles.append(Line2D([], [], color="0.3", ls="none", marker="^", ms=5,
                           label="campaign peak"))
+    handles.append(Line2D([], [], color="0.3", ls="none", marker="*", ms=8,
+                          label="peak of a campaign with the study's signature"))
     fig.legend(handles=handles, loc="outside lower center", ncol=_legend_cols(fig, handles),
                fontsize=8, frameon=False)
+    chain = run.spec.get("chain") or {}
+    rise = 100 * float(chain.get("signature_rise", 0.05))
+    fall = 100 * float(chain.get("signature_fall", 0.10))
     caption = ("Each seed's eval pass@1 trajectory, one panel per arm (same colour = same seed "
-               "in every figure); triangles mark each campaign's peak; " + BOUNDARY_NOTE + ".")
+               "in every figure); triangles mark each campaign's peak, stars the peak of a "
+               f"campaign with the study's signature (a peak >= {rise:g} points above its "
+               f"start, an end >= {fall:g} points below its peak; the panel title counts "
+               "them); " + BOUNDARY_NOTE + ".")
     return fig, caption
 
 
@@ -504,8 +529,10 @@ def fig_peak_vs_end(run: RunData) -> tuple[Figure, str] | None:
                            facecolors=colour if collapsed else "none", lw=1.3, alpha=0.8,
                            zorder=3)
         n_col = sum(1 for *_, k in pts if k)
+        n_sig = sum(_signature(run, c, r) for c in run.arm_cells(key) for r in c.campaigns)
         handles.append(Line2D([], [], ls="none", marker="o", color=colour,
-                              label=f"{run.label(key)}  ({n_col}/{len(pts)} collapsed)"))
+                              label=f"{run.label(key)}  ({n_col}/{len(pts)} collapsed, "
+                                    f"{n_sig} signature)"))
     top = min(1.0, hi + 0.05) if hi > 0 else 1.0
     ax.plot([0, top], [0, top], color="0.3", lw=1, label="end = peak")
     ax.plot([thr, top], [0, top - thr], color="tab:red", lw=1, ls="--")

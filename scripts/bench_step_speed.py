@@ -1,6 +1,6 @@
 """Step time of today's code against an earlier commit's, side by side, at one configuration.
 
-    python scripts/bench_step_speed.py [--baseline b8ce89e] [--spec tiny-collapse]
+    python scripts/bench_step_speed.py [--baseline b8ce89e | --levers-off] [--spec tiny-collapse]
         [--steps 12] [--jobs 2] [--rounds 2]
 
 The baseline commit's tree is exported (`git archive`) to a temporary directory. Both trees
@@ -9,7 +9,9 @@ policy recipe, eval size, rollouts and grader), one campaign of `--steps` steps 
 `--jobs` cells at once (one torch thread each, different seeds), as whole processes; the
 current tree runs it with its fast path switched on (`rollout.backend: lean`,
 `grader.cache: true`) and everything else as the baseline states it. Rounds alternate
-between the two trees so drift on a shared machine hits both. Prints, per tree, the median
+between the two trees so drift on a shared machine hits both. `--levers-off` compares, in the
+current tree, the current spec with `rollout.backend: hf` and `grader.cache: false` (the
+step as it ran before the lean sampler and the verdict cache) against the spec as it is. Prints, per tree, the median
 over all steps of each stage of the step (`time` in the trace), and the ratio baseline /
 current of the median step. Figures vary from run to run; the ratio is what to compare.
 """
@@ -97,6 +99,8 @@ def _round(tree: Path, cell_id: str, cfg: dict, jobs: int, steps: int, work: Pat
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default="b8ce89e")
+    ap.add_argument("--levers-off", action="store_true",
+                    help="baseline = this tree with backend hf and no verdict cache")
     ap.add_argument("--spec", default="tiny-collapse")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--jobs", type=int, default=2)
@@ -105,14 +109,25 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
-        base = Path(tmp) / "baseline"
-        base.mkdir()
-        _export(args.baseline, base)
-        got = json.loads(_python(base, CONFIG, args.spec, env=env))
-        cell_id, old_cfg = got["cell_id"], got["config"]
-        new_cfg = json.loads(json.dumps(old_cfg))
-        new_cfg["rollout"]["backend"] = "lean"
-        new_cfg["grader"]["cache"] = True
+        if args.levers_off:
+            base = ROOT
+            got = json.loads(_python(base, CONFIG, args.spec, env=env))
+            cell_id, new_cfg = got["cell_id"], got["config"]
+            old_cfg = json.loads(json.dumps(new_cfg))
+            old_cfg["rollout"]["backend"] = "hf"
+            old_cfg["grader"]["cache"] = False
+            args.baseline = "levers off (hf, no verdict cache)"
+        else:
+            base = Path(tmp) / "baseline"
+            base.mkdir()
+            _export(args.baseline, base)
+            got = json.loads(_python(base, CONFIG, args.spec, env=env))
+            cell_id, old_cfg = got["cell_id"], got["config"]
+            new_cfg = json.loads(json.dumps(old_cfg))
+            new_cfg["rollout"]["backend"] = "lean"
+            new_cfg["grader"]["cache"] = True
+            if new_cfg["model"].get("tiny") is not None:  # fields added since: old meaning
+                new_cfg["model"]["tiny"].setdefault("warm_defect", 0.0)
         trees = {"baseline": (base, old_cfg), "current": (ROOT, new_cfg)}
         for name, (tree, cfg) in trees.items():  # build (or find) each tree's tiny policy
             t0 = time.perf_counter()
@@ -126,7 +141,8 @@ def main() -> int:
                 t0 = time.perf_counter()
                 times[name] += _round(tree, cell_id, cfg, args.jobs, args.steps, work, env)
                 print(f"round {r + 1}: {name} {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\n{args.spec} at {args.baseline}'s configuration, {args.jobs} cells at once, "
+    where = "the current" if args.levers_off else f"{args.baseline}'s"
+    print(f"\n{args.spec} at {where} configuration, {args.jobs} cells at once, "
           f"{args.steps} steps x {args.rounds} rounds per cell; median seconds per step")
     print(f"{'stage':<12}" + "".join(f"{n:>12}" for n in trees) + f"{'ratio':>9}")
     med = {n: {s: statistics.median(t[s] for t in times[n]) for s in STAGES} for n in trees}

@@ -1,7 +1,7 @@
 """Calibrate the tiny policy's warm start: pass@1 on the synthetic eval split along one
 warm-start run (a build of N steps equals the first N steps of a longer one).
 
-    python scripts/calibrate_tiny.py --steps 390 --eval-at 330,360,390
+    python scripts/calibrate_tiny.py --steps 800 --eval-at 400,600,800
 
 Grades in-process (harness.tasks.local_check): fine for the tiny model's outputs, never for
 a benchmark run. Prints one line per checkpoint: greedy, T=0.7 and T=1.0 sampled pass@1.
@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from harness.policy.lean import LeanBackend
 from harness.policy.loading import Policy
-from harness.policy.rollout import HFGenerateBackend
 from harness.policy.tiny import _train
 from harness.policy.tokenizer import build_char_tokenizer
 from harness.spec.schema import TasksSpec, TinyRecipe
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=d.warm_batch)
     ap.add_argument("--lr", type=float, default=d.warm_lr)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-at", default="330,360,390")
+    ap.add_argument("--eval-at", default="400,600,800")
     ap.add_argument("--eval-tasks", type=int, default=64)
     ap.add_argument("--samples", type=int, default=4, help="samples per task per temperature")
     ap.add_argument("--max-new-tokens", type=int, default=60)
@@ -42,7 +42,7 @@ def main() -> None:
     tasks = load_splits(TasksSpec(eval=args.eval_tasks))["eval"]
     prompts = [t.prompt for t in tasks]
     tok = build_char_tokenizer()
-    backend = HFGenerateBackend()
+    backend = LeanBackend()
     at = {int(s) for s in args.eval_at.split(",")}
     t0 = time.perf_counter()
     eval_s = 0.0

@@ -1,9 +1,10 @@
 """The lean sampler (`rollout.backend: lean`) against transformers' `generate`.
 
-Under greedy decoding the two must produce the same tokens, on the tiny policy and on small
-random models of other architectures: GPT-2 (absolute positions; plain full-attention cache),
-and a Qwen2 with sliding-window layers (the model's own cache, the generic path). Sampling is
-reproducible for a seed.
+Under greedy decoding the two must produce the same tokens, on the built-in tiny policy (its
+default recipe: completions of different lengths that end at eos, so finished rows leave the
+batch) and on small random models of other architectures: GPT-2 (absolute positions; plain
+full-attention cache), and a Qwen2 with sliding-window layers (the model's own cache, the
+generic path). Sampling is reproducible for a seed.
 """
 
 from __future__ import annotations
@@ -23,10 +24,26 @@ PROMPTS = ["# x+3\ndef f(x):\n", "# read x; -x\nx = int(input())\n",
 
 @pytest.fixture(scope="module")
 def tiny() -> Policy:
+    """A small, barely trained tiny policy (fast to build)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield load_policy(ModelSpec(id="tiny", tiny=RECIPE))
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def default_tiny() -> Policy:
+    """The default tiny policy (built once per cache; the tiny-smoke runs build it too)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_policy(ModelSpec(id="tiny"))
+    torch.set_num_threads(n)
+
+
+def _synthetic_prompts(k: int) -> list[str]:
+    from harness.tasks.synthetic import split_tasks
+
+    return [t.prompt for t in split_tasks("eval", k, 0)]
 
 
 def _random_policy(config, tiny: Policy) -> Policy:
@@ -62,17 +79,32 @@ def _qwen2_sliding(tiny: Policy) -> Policy:
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id), tiny)
 
 
-@pytest.mark.parametrize("which", ["tiny", "gpt2", "qwen2_sliding"])
-def test_greedy_equals_generate(tiny: Policy, which: str) -> None:
-    policy = {"tiny": lambda: tiny, "gpt2": lambda: _gpt2(tiny),
-              "qwen2_sliding": lambda: _qwen2_sliding(tiny)}[which]()
+@pytest.mark.parametrize("which", ["gpt2", "qwen2_sliding"])
+def test_greedy_equals_generate_on_other_architectures(tiny: Policy, which: str) -> None:
+    policy = {"gpt2": _gpt2, "qwen2_sliding": _qwen2_sliding}[which](tiny)
     ref = HFGenerateBackend().generate(policy, PROMPTS, 2, 0.0, 1.0, 40, seed=0)
     got = LeanBackend().generate(policy, PROMPTS, 2, 0.0, 1.0, 40, seed=0)
     assert got.completion_ids == ref.completion_ids
     assert got.texts == ref.texts
     assert got.prompt_ids == ref.prompt_ids
-    # sequences of different lengths, some ending at eos and some at max_new_tokens
-    assert len({len(c) for c in got.completion_ids}) > 1 or which != "tiny"
+
+
+@pytest.mark.slow
+def test_greedy_equals_generate_on_the_tiny_policy(default_tiny: Policy,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.policy.lean as lean
+
+    prompts = _synthetic_prompts(48)
+    ref = HFGenerateBackend().generate(default_tiny, prompts, 2, 0.0, 1.0, 48, seed=0)
+    for share in (0.25, 2.0):  # with and without compaction of finished rows
+        monkeypatch.setattr(lean, "COMPACT_SHARE", share)
+        monkeypatch.setattr(lean, "PREFILL_TOKENS", 512)  # several prefill chunks
+        got = LeanBackend().generate(default_tiny, prompts, 2, 0.0, 1.0, 48, seed=0)
+        assert got.completion_ids == ref.completion_ids
+        assert got.texts == ref.texts
+    lengths = {len(c) for c in ref.completion_ids}
+    eos = default_tiny.tokenizer.eos_token_id
+    assert len(lengths) > 3 and sum(c[-1] == eos for c in ref.completion_ids) > 48
 
 
 def test_the_plain_path_uses_the_preallocated_cache(tiny: Policy,

@@ -1,4 +1,4 @@
-"""Controllers: what carries from one campaign to the next (DESIGN.md section 2)."""
+"""Controllers: what carries from one campaign to the next (docs/design.md section 2)."""
 
 from harness.controllers import care, collapse_guard, early_stop, naive  # noqa: F401  (registration)
 from harness.controllers.base import (

@@ -32,7 +32,7 @@ class ControllerParams(BaseModel):
 
 @dataclass(frozen=True)
 class CampaignSummary:
-    """DESIGN.md section 2 terms for one campaign. Steps count from 0 (before any update)."""
+    """docs/design.md section 2 terms for one campaign. Steps count from 0 (before any update)."""
 
     index: int
     start: float

@@ -1,4 +1,4 @@
-"""`care_v1`, `care_v2` (CARE: between-campaign memory; DESIGN.md section 2, Controllers).
+"""`care_v1`, `care_v2` (CARE: between-campaign memory; docs/design.md section 2, Controllers).
 
 CARE decides the next campaign from a memory of what past campaigns did, in four steps, each a
 small pure function below:
@@ -43,7 +43,7 @@ are recomputed from `history` each call, so a resumed chain decides identically.
 
 What is published vs our reading
 --------------------------------
-Published (the study's abstract and DESIGN.md): CARE is a between-campaign memory mechanism
+Published (the study's abstract and docs/design.md): CARE is a between-campaign memory mechanism
 with a capability posterior (linear-Gaussian), a transfer gate with the outcomes reuse /
 adapt / pilot / reject, and regression-aware belief revision that tightens the gate when an
 observed effect is far (Mahalanobis distance over a threshold) from the predicted one; v1

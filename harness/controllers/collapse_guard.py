@@ -152,7 +152,7 @@ def lead_time(records: Records, trigger_step: int | None, threshold: float) -> i
     """onset_step - trigger_step for a campaign that collapsed, else None.
 
     The campaign collapsed when its eval pass@1 peak - end > threshold; its onset is the first
-    step after the (first) peak where pass@1 < peak - gap/2 (DESIGN.md section 2, as computed
+    step after the (first) peak where pass@1 < peak - gap/2 (docs/design.md section 2, as computed
     by `summarise`). Positive: the guard fired that many steps before the onset; 0 or negative:
     at or after it. None when the campaign did not collapse or the guard did not fire (count
     those as misses or true negatives; a trigger on a campaign that did not collapse is a false

@@ -1,4 +1,4 @@
-"""Reference rows computed from a recorded chain without training (DESIGN.md section 2).
+"""Reference rows computed from a recorded chain without training (docs/design.md section 2).
 
 Both take `campaign_records`: one list of per-step records per campaign, in chain order, each
 record with at least `step` and `eval_pass1` (step 0 = before the campaign's first update).

@@ -1,4 +1,4 @@
-"""Methods: how a step turns rewards into an update (DESIGN.md section 2, Methods).
+"""Methods: how a step turns rewards into an update (docs/design.md section 2, Methods).
 
 `METHODS` maps a method name (`MethodSpec.name`) to its advantage estimator
 `(rewards [P, G], spec) -> advantages [P, G]`. Loss aggregation (`MethodSpec.loss_agg`) and the

@@ -1,6 +1,6 @@
 """The cell runner: one model x method x controller x seed, a chain of campaigns.
 
-This is the only place that knows the order of a chain (DESIGN.md section 2):
+This is the only place that knows the order of a chain (docs/design.md section 2):
 
     for each campaign k:
         plan = controller.plan(history)            start checkpoint, budget, lr (+ reason)
@@ -358,9 +358,12 @@ class CellRunner:
                                        master_weights=cfg.optim.master_weights)
 
         t0 = time.perf_counter()
-        pass1, passes, _ = self.evaluate("eval")
+        pass1, passes, t_eval0 = self.evaluate("eval")
         records = [self._record(k, 0, global_step, pass1, passes, None,
-                                {"eval": time.perf_counter() - t0})]
+                                {"eval": time.perf_counter() - t0},
+                                {"train_samples": 0, "train_graded": 0,
+                                 "eval_samples": self._eval_samples(),
+                                 "eval_graded": t_eval0["graded"]})]
         curve = [pass1]
         self.store.mark_peak(self.model)
         stopped = None
@@ -407,8 +410,7 @@ class CellRunner:
                       "eval": tend - te, "eval_grade": teval["grade"],
                       "model": tgen["model"] + (te - tu) + teval["model"], "step": tend - ts}
             grading = {"train_samples": len(rollouts), "train_graded": tgen["graded"],
-                       "eval_samples": records[0]["eval_samples"],
-                       "eval_graded": teval["graded"]}
+                       "eval_samples": self._eval_samples(), "eval_graded": teval["graded"]}
             rec = self._record(k, step, global_step + step, pass1, passes, train, timing,
                                grading)
             records.append(rec)
@@ -439,7 +441,7 @@ class CellRunner:
         rec: dict[str, Any] = {
             "type": "step", "campaign": k, "step": step, "global_step": global_step,
             "eval_pass1": pass1, "eval_passes": passes,
-            "eval_samples": len(self.splits["eval"]) * self.cfg.eval.samples_per_task,
+            "eval_samples": self._eval_samples(),
             "time": timing,
         }
         if grading is not None:
@@ -453,6 +455,9 @@ class CellRunner:
         self.progress({"event": "step", "cell_id": self.cfg.cell_id, "campaign": k,
                        "step": step, "eval_pass1": pass1})
         return rec
+
+    def _eval_samples(self) -> int:
+        return len(self.splits["eval"]) * self.cfg.eval.samples_per_task
 
     def _prompts(self, k: int, step: int) -> list[Any]:
         import random
@@ -480,7 +485,7 @@ class CellRunner:
 
     def _oracles(self, history: History, tested: dict[str, tuple[float, int]]
                  ) -> dict[str, Any]:
-        """The trace and hindsight oracles of this chain (DESIGN.md section 2), each with the
+        """The trace and hindsight oracles of this chain (docs/design.md section 2), each with the
         test-split pass@1 of the checkpoint it selects.
 
         Both select a campaign's peak step (first maximum of eval pass@1, as the store marks

@@ -8,7 +8,7 @@ Record types (field `type`):
   samples the sandbox graded, the rest coming from the verdict cache): the only fields that
   vary between identical runs;
 - `stop`: a controller stopped a campaign early (reason);
-- `campaign`: the summary of a finished campaign (DESIGN.md terms) — a campaign is complete
+- `campaign`: the summary of a finished campaign (docs/design.md terms) — a campaign is complete
   only once this line is written;
 - `final`: end-of-chain pass@1 on the test split (and the eval-split selection value), and
   `oracles`: the trace and hindsight oracles with their checkpoints' test pass@1.

@@ -1,7 +1,7 @@
 """The benchmark spec schema: one set of pydantic models, the source of the documentation.
 
 `harness spec-schema` prints these models as JSON Schema. Every field has a default and a
-description; a spec file only states what differs. Terms follow DESIGN.md section 2.
+description; a spec file only states what differs. Terms follow docs/design.md section 2.
 
 Grid axes (`models`, `methods`, `controllers`, `seeds`) accept a short form (a bare name) or
 a mapping with options. Each axis entry has a `label` (defaulting to its name) that names it
@@ -125,7 +125,7 @@ class EWCConfig(_Strict):
 
 
 class MethodSpec(_Strict):
-    """How a step turns rewards into an update (DESIGN.md section 2, Methods)."""
+    """How a step turns rewards into an update (docs/design.md section 2, Methods)."""
 
     name: str = Field(description="Registered method: reinforce, grpo or rloo.")
     label: Label | None = Field(None, description="Name in cell ids; default: the name.")
@@ -156,7 +156,7 @@ class MethodSpec(_Strict):
 
 # --------------------------------------------------------------------------- controllers
 class ControllerSpec(_Strict):
-    """What carries from one campaign to the next (DESIGN.md section 2, Controllers).
+    """What carries from one campaign to the next (docs/design.md section 2, Controllers).
 
     `params` are the controller's own parameters; each controller documents its keys and
     defaults and rejects unknown ones when a cell starts.

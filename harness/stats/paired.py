@@ -1,7 +1,7 @@
 """Paired comparisons by seed, and the verdict rule that is honest about few seeds.
 
 A comparison pairs a candidate arm with a baseline arm on the seeds both finished:
-d_s = metric(candidate, s) - metric(baseline, s). Reported (DESIGN.md section 2,
+d_s = metric(candidate, s) - metric(baseline, s). Reported (docs/design.md section 2,
 "Statistics"): the mean of d, a paired bootstrap percentile CI (>= 10,000 resamples, seeded,
 so the same numbers always give the same CI), the seeds where the candidate is better
 (`wins`; d_s > 0 for a metric where higher is better), and an exact sign-flip permutation
