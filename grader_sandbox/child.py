@@ -9,7 +9,8 @@ interpreter (patching builtins, the test function, ``__eq__``, exiting early) re
 
 Descriptor layout (arranged before confinement):
   program: 0 stdin, 1 stdout, 2 stderr, 3 results to the worker, 4 calls in, 5 replies out
-  judge:   0-2 /dev/null, 3 results to the worker, 4 replies in, 5 calls out
+  judge:   0-2 /dev/null, 3 its control socket to the worker; per job 4 replies in,
+           5 calls out
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ def _program_stdio(spec: dict[str, Any]) -> None:
         return
     limit = int(spec["output_bytes"])
     main = threading.current_thread()
-    for i in range(int(spec["n_tests"])):
-        fd_in = os.open(os.path.join(spec["inputs_dir"], str(i)), os.O_RDONLY)
+    for i, text in enumerate(spec["inputs"]):
+        fd_in = os.memfd_create(f"stdin{i}")
+        _write_all(fd_in, text.encode("utf-8", "surrogatepass"))
+        os.lseek(fd_in, 0, os.SEEK_SET)
         os.dup2(fd_in, 0)
         os.close(fd_in)
         fd_out = os.memfd_create(f"stdout{i}")
@@ -404,9 +407,10 @@ class RemoteFunction:
         return f"<function {self.__name__}>"
 
 
-def _judge_namespace(exports: Any) -> dict[str, Any]:
-    import importlib
+_STDLIB = frozenset(sys.stdlib_module_names) - {"grader_sandbox"}
 
+
+def _judge_namespace(exports: Any) -> dict[str, Any]:
     ns: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins}
     if not isinstance(exports, dict):
         raise ProtocolViolation("exports is not an object")
@@ -421,21 +425,26 @@ def _judge_namespace(exports: Any) -> dict[str, Any]:
             except (ValueError, RecursionError):
                 raise ProtocolViolation("bad exported value") from None
         elif isinstance(info.get("module"), str):
-            try:
-                ns[name] = importlib.import_module(info["module"])
-            except BaseException:
-                continue
+            # Only a standard-library module the judge has already loaded: nothing is
+            # imported on a program's behalf, so no export runs code in the judge or leaves
+            # a module behind for later samples (the tests import what else they need).
+            module = sys.modules.get(info["module"])
+            if module is not None and info["module"].partition(".")[0] in _STDLIB:
+                ns[name] = module
     return ns
 
 
 def run_judge_server(ctl_fd: int) -> NoReturn:
     """The judge's loop: one job per message on its control socket, for many samples.
 
-    A job message carries the test code and entry point, with two descriptors: the program's
-    reply pipe (read end) and its call pipe (write end). They become descriptors 4 and 5 for
-    the job and are closed after it, so the program child sees EOF when the tests are done.
-    The judge never runs program code, so it can outlive samples; the worker replaces it after
-    any sample that timed out or ended abnormally.
+    A job message carries the entry point, with three descriptors: a memfd holding the test
+    code (any size), the program's reply pipe (read end) and its call pipe (write end). The
+    pipes become descriptors 4 and 5 for the job and are closed after it, so the program child
+    sees EOF when the tests are done. The judge never runs program code and imports nothing on
+    a program's behalf (`_judge_namespace`), so no sample can change it; it lives in the
+    samples' view, in PID, mount and IPC namespaces of its own, under its own uid. The worker
+    still replaces it after any sample that timed out or ended abnormally, and every
+    `_JUDGE_MAX_JOBS` samples.
     """
     import fcntl
     import socket
@@ -443,10 +452,11 @@ def run_judge_server(ctl_fd: int) -> NoReturn:
     ctl = socket.socket(fileno=ctl_fd)
     try:
         while True:
-            msg, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 2)
-            if not msg or len(fds) != 2:
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 16, 3)
+            if not msg or len(fds) != 3:
                 return
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16) for fd in fds]
+            test_code = os.pread(fds[0], os.fstat(fds[0]).st_size, 0).decode("utf-8")
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16) for fd in fds[1:]]
             for fd in fds:
                 os.close(fd)
             os.dup2(high[0], IN_FD)
@@ -456,9 +466,10 @@ def run_judge_server(ctl_fd: int) -> NoReturn:
             job = json.loads(msg)
             result: dict[str, Any] = {"done": True, "passed": 0, "total": 1, "error": None}
             try:
-                _judge(job["test_code"], job["entry_point"], result)
+                _judge(test_code, job["entry_point"], result)
             except BaseException as exc:  # a bug here must still report
                 result["error"] = result["error"] or _exc_name(exc)
+            del test_code
             os.close(IN_FD)
             os.close(OUT_FD)
             ctl.send(json.dumps(result).encode())
@@ -467,13 +478,15 @@ def run_judge_server(ctl_fd: int) -> NoReturn:
 
 
 _Compiled = tuple[types.CodeType | None, list[tuple[bool, types.CodeType]], ast.Module]
+
+
 _COMPILED: dict[str, _Compiled] = {}
 
 
 def _compiled_tests(test_code: str) -> _Compiled:
     """(whole module, None) when the tests define ``check``; else one code object per
     top-level statement, flagged when it is an assert. Cached: RL grades each problem's tests
-    many times, and the judge outlives samples."""
+    many times, and the judge outlives samples (code objects are immutable)."""
     hit = _COMPILED.get(test_code)
     if hit is not None:
         return hit

@@ -1,18 +1,22 @@
-"""The isolation layers: worker namespaces, and the confinement of every sandboxed child.
+"""The isolation layers: worker namespaces, the samples' filesystem view, and seccomp.
 
-Layers, outermost first:
+Layers, outermost first (grader_sandbox/README.md, "Isolation", says what each one stops):
 
-1. The worker process (started by the pool from a clean interpreter) moves itself into a new
-   network namespace (no interfaces but a down loopback) and a new mount namespace in which
-   every mount is read-only and a small private tmpfs is the only writable place. As root it
-   does this directly; otherwise through a user namespace. Inside the grader container the
-   container provides both (``--network none --read-only``) and the worker verifies that.
-2. Every sample runs in a child forked from a pre-started template process (no interpreter
-   start per sample). Before the program's first byte runs the child: starts a new session,
-   closes every inherited descriptor but its own pipes, enters its private working directory,
-   sets rlimits (CPU, address space relative to its own size, file size, open files, core 0,
-   thread count where it has a dedicated uid), drops to an unprivileged uid and all
-   capabilities, becomes non-dumpable, sets no_new_privs and loads a seccomp allow-list filter.
+1. The worker process (started by the pool from a clean interpreter) moves itself into new
+   network and mount namespaces: no interface but a down loopback, every mount read-only, a
+   small private tmpfs the only writable place. As root directly; otherwise (an unprivileged
+   user, or the grader container) through a user namespace. In the container the worker also
+   verifies what the container promises (``--network none --read-only``).
+2. The samples' *view*: a tmpfs root built once per worker holding read-only bind mounts of
+   only what the interpreter needs (the standard library without site-packages, the system
+   libraries, ``/etc/ld.so.cache``, five device nodes) and an empty ``/work``. No ``/proc``,
+   no ``/sys``, no ``/tmp``, no home, no datasets, no request files. The template process
+   pivots into it; every program child and judge lives in it.
+3. Every sample runs in a child forked from the template with its own PID, mount and IPC
+   namespaces (it is process 1 and sees no other process), a fresh tmpfs on ``/work`` (its
+   only writable place, freed by the kernel when the sample ends), a fresh uid as root
+   (from a block of uids locked for this worker on this machine, so it matches no other
+   process) and the confinement of confine.py, seccomp last.
 """
 
 from __future__ import annotations
@@ -20,35 +24,46 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
+import glob
 import os
 import signal
 import socket
-import stat
-import sys
+import sysconfig
 from dataclasses import dataclass
 from typing import Any
 
 from grader_sandbox.confine import BpfProgram, check
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_THREAD = 0x00010000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 SYS_MOUNT_SETATTR = 442  # same number on every architecture (added in Linux 5.12)
 
-# A sandboxed child gets this uid (plus the worker index) when the worker runs as real root.
-SANDBOX_UID_BASE = int(os.environ.get("GRADER_SANDBOX_UID_BASE", "61000"))
-JUDGE_UID_OFFSET = 500
-SCRATCH_TMPFS_OPTS = "size=256m,nr_inodes=65536,mode=0755"
+# As root, each worker locks a block of UID_BLOCK_SIZE uids for its lifetime (a lock file per
+# block in UID_LOCK_DIR, shared by every pool on the machine): the judge gets the block's first
+# uid, program children the others in turn, so no sandboxed process shares a uid with any
+# process outside its own sample.
+UID_BLOCK_BASE = 0x20000000
+UID_BLOCK_SIZE = 1 << 16
+UID_BLOCKS = 4096
+UID_LOCK_DIR = os.environ.get("GRADER_SANDBOX_UID_LOCK_DIR", "/run/grader-sandbox")
+SCRATCH_TMPFS_OPTS = "size=16m,nr_inodes=4096,mode=0755"
+DEVICES = ("null", "zero", "full", "random", "urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -75,13 +90,35 @@ class WorkerIsolation:
 
     mode: str  # "namespaces" (root), "userns" (unprivileged), "container"
     scratch: str
-    sandbox_uid: int | None  # uid the children drop to, or None when they keep the worker's
+    view: str  # root of the samples' filesystem view (a path in the worker's mount namespace)
+    uid_base: int | None  # root: this worker's uid block (judge = base, programs after it)
+    uid_count: int
     drop_caps: bool
 
-    @property
-    def judge_uid(self) -> int | None:
-        """The judge's own uid: program children can neither signal nor inspect it."""
-        return None if self.sandbox_uid is None else self.sandbox_uid + JUDGE_UID_OFFSET
+def layers(iso: WorkerIsolation) -> dict[str, str]:
+    """Which isolation layers are active for this worker, in words (``check`` prints them)."""
+    base = {"namespaces": "root: network and mount namespaces",
+            "userns": "a user namespace (unprivileged), with network and mount namespaces",
+            "container": "the container (--network none, --read-only), then a user namespace "
+                         "with network and mount namespaces"}[iso.mode]
+    uid = (f"a fresh uid per sample from the locked block {iso.uid_base}.."
+           f"{iso.uid_base + iso.uid_count - 1}" if iso.uid_base is not None else
+           "the invoking user's uid outside the namespaces, every capability dropped")
+    return {
+        "worker": base,
+        "network": "no interface but a down loopback",
+        "filesystem": "a read-only view: the standard library (no site-packages), system "
+                      "libraries, ld.so.cache, /dev/{" + ",".join(DEVICES) + "}; no /proc, "
+                      "/sys, /tmp, home or datasets",
+        "processes": "each child process 1 of its own PID namespace, with its own mount and "
+                     "IPC namespaces",
+        "files": "a fresh tmpfs on /work per sample (64 MiB, 4096 files), freed by the kernel",
+        "uid": uid,
+        "limits": "rlimits (CPU, address space, file size, 64 files, no core), no_new_privs, "
+                  "not dumpable, parent-death signal",
+        "seccomp": "an allow-list filter per child (fork, exec, sockets, ptrace, mount ... "
+                   "kill the sample)",
+    }
 
 
 def _write(path: str, text: str) -> None:
@@ -89,62 +126,107 @@ def _write(path: str, text: str) -> None:
         fh.write(text)
 
 
-def _needed_paths() -> list[str]:
-    """Directories a sandboxed child must be able to read: the interpreter and its imports."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cands = {sys.prefix, sys.base_prefix, sys.exec_prefix, here}
-    cands.update(p for p in sys.path if p and os.path.isabs(p))
-    return sorted(os.path.realpath(p) for p in cands if os.path.isdir(p))
+def _uid_lock_dir() -> str:
+    """The first usable directory for the uid locks: root's own, not writable by others."""
+    tried = []
+    for path in (UID_LOCK_DIR, "/tmp/grader-sandbox-uids"):
+        try:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            st = os.lstat(path)
+        except OSError as exc:
+            tried.append(f"{path}: {exc.strerror}")
+            continue
+        if st.st_uid == 0 and not st.st_mode & 0o022 and os.path.isdir(path) \
+                and not os.path.islink(path):
+            return path
+        tried.append(f"{path}: not a root-owned directory closed to others")
+    raise IsolationError("no directory for the sandbox uid locks (" + "; ".join(tried) +
+                         "); set GRADER_SANDBOX_UID_LOCK_DIR to a directory root owns")
 
 
-def _blocking_ancestor(path: str) -> str | None:
-    """The highest directory on ``path`` that others may not search, if any."""
-    cur = "/"
-    for part in path.strip("/").split("/"):
-        cur = os.path.join(cur, part)
-        if not os.stat(cur).st_mode & stat.S_IXOTH:
-            return cur
-    return None
+def claim_uid_block() -> tuple[int, int]:
+    """Lock a free block of uids for this worker: (first uid, the lock's descriptor)."""
+    lock_dir = _uid_lock_dir()
+    start = int.from_bytes(os.urandom(2), "little") % UID_BLOCKS
+    for k in range(UID_BLOCKS):
+        n = (start + k) % UID_BLOCKS
+        fd = os.open(os.path.join(lock_dir, f"uids-{n}.lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return UID_BLOCK_BASE + n * UID_BLOCK_SIZE, fd
+    raise IsolationError(f"all {UID_BLOCKS} sandbox uid blocks are in use on this machine")
 
 
-def _expose_python(scratch: str) -> None:
-    """Let the sandbox uid read the Python installation even under a private home (pyenv in
-    /root): cover each unsearchable ancestor with an empty tmpfs and bind back only the
-    directories Python needs. The rest of that home stays hidden from the children."""
-    groups: dict[str, list[str]] = {}
-    for path in _needed_paths():
-        top = _blocking_ancestor(path)
-        if top is not None:
-            groups.setdefault(top, []).append(path)
-    if not groups:
-        return
-    staging = scratch.encode()
-    _check(_libc.mount(b"staging", staging, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0700"),
-           "mount staging tmpfs")
-    held: list[tuple[str, str]] = []
-    for top, paths in groups.items():
-        keep = [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
-        for n, path in enumerate(keep):
-            hold = os.path.join(scratch, f"{len(held)}-{n}")
-            os.mkdir(hold)
-            _check(_libc.mount(path.encode(), hold.encode(), None, MS_BIND | MS_REC, None),
-                   f"bind {path}")
-            held.append((path, hold))
-        _check(_libc.mount(b"hidden", top.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                           b"mode=0755"), f"cover {top}")
-    for path, hold in held:
-        os.makedirs(path, exist_ok=True)
-        _check(_libc.mount(hold.encode(), path.encode(), None, MS_BIND | MS_REC, None),
-               f"rebind {path}")
-    _check(_libc.umount2(staging, MNT_DETACH), "unmount staging")
+def _view_sources() -> tuple[list[str], list[str]]:
+    """(paths bound read-only into the samples' view at the same place, paths hidden there)."""
+    paths = sysconfig.get_paths()
+    binds = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")}
+    for lib in ("/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32"):
+        if os.path.isdir(lib) and not os.path.islink(lib):
+            binds.add(lib)
+    if os.path.isfile("/etc/ld.so.cache"):
+        binds.add("/etc/ld.so.cache")
+    # Keep only the outermost of nested paths.
+    outer = sorted(p for p in binds if not any(p != q and p.startswith(q + "/") for q in binds))
+    hidden = {os.path.realpath(paths[k]) for k in ("purelib", "platlib")}
+    import site
+
+    with contextlib.suppress(AttributeError):
+        hidden.update(os.path.realpath(p) for p in site.getsitepackages())
+    for root in outer:
+        for pattern in ("python3*/site-packages", "python3*/dist-packages", "python3/dist-packages",
+                        "*/python3*/site-packages", "*/python3*/dist-packages"):
+            hidden.update(os.path.realpath(p) for p in glob.glob(os.path.join(root, pattern)))
+    shown = [h for h in sorted(hidden) if os.path.isdir(h)
+             and any(h == r or h.startswith(r + "/") for r in outer)]
+    return outer, shown
 
 
-def _make_everything_readonly() -> None:
+def build_view(scratch: str) -> str:
+    """The samples' filesystem: a read-only tmpfs root with read-only binds of what the
+    interpreter needs and nothing else (see the module docstring). Returns its path."""
+    view = os.path.join(scratch, "view")
+    os.mkdir(view, 0o755)
+    _check(_libc.mount(b"grader-view", view.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                       b"size=1m,nr_inodes=4096,mode=0755"), "mount the view's tmpfs")
+    binds, hidden = _view_sources()
+    for src in binds:
+        dst = view + src
+        if os.path.isdir(src):
+            os.makedirs(dst, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
+            open(dst, "w").close()
+        _check(_libc.mount(src.encode(), dst.encode(), None, MS_BIND | MS_REC, None),
+               f"bind {src} into the view")
+    for lib in ("/lib", "/lib64", "/lib32"):  # merged /usr: the same links as on the host
+        if os.path.islink(lib) and not os.path.lexists(view + lib):
+            os.symlink(os.readlink(lib), view + lib)
+    for path in hidden:
+        _check(_libc.mount(b"hidden", (view + path).encode(), b"tmpfs",
+                           MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k,nr_inodes=2,mode=0555"),
+               f"hide {path} in the view")
+    os.makedirs(view + "/dev", mode=0o755)
+    for dev in DEVICES:
+        if os.path.exists(f"/dev/{dev}"):
+            open(f"{view}/dev/{dev}", "w").close()
+            _check(_libc.mount(f"/dev/{dev}".encode(), f"{view}/dev/{dev}".encode(), None,
+                               MS_BIND, None), f"bind /dev/{dev} into the view")
+    os.mkdir(view + "/work", 0o755)
+    os.symlink("/work", view + "/tmp")
+    _make_readonly(view)
+    return view
+
+
+def _make_readonly(path: str) -> None:
     attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    ret = _libc.syscall(
-        SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
-    )
-    _check(ret, "mount_setattr(/, AT_RECURSIVE, MOUNT_ATTR_RDONLY)")
+    ret = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE,
+                        ctypes.byref(attr), ctypes.sizeof(attr))
+    _check(ret, f"mount_setattr({path}, AT_RECURSIVE, MOUNT_ATTR_RDONLY)")
 
 
 def _loopback_only() -> bool:
@@ -158,12 +240,31 @@ def _loopback_only() -> bool:
     return all(line.split(":", 1)[0].strip() == "lo" for line in lines if ":" in line)
 
 
-def setup_worker(scratch: str, mode: str, worker_index: int) -> WorkerIsolation:
-    """Enter the worker's namespaces; make ``scratch`` a private tmpfs, the only writable place.
+def _enter_user_namespace(container: bool) -> None:
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        fix = ("run the container with --security-opt seccomp=containers/grader/seccomp.json "
+               "(it allows the namespaces the sandbox needs) on a kernel with unprivileged "
+               "user namespaces" if container else
+               "run the grader as root, enable unprivileged user namespaces "
+               "(sysctl kernel.unprivileged_userns_clone=1), or use the grader container")
+        raise IsolationError(f"cannot create a user namespace as uid {uid} "
+                             f"({os.strerror(err)}); {fix}")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
+
+
+def setup_worker(scratch: str, mode: str, worker_index: int) -> tuple[WorkerIsolation, int]:
+    """Enter the worker's namespaces, make ``scratch`` a private tmpfs and build the samples'
+    view in it. Returns the isolation and the descriptor holding the uid block's lock (-1
+    without one), which the worker keeps open for its lifetime.
 
     ``mode``: "auto" (namespaces as root, else a user namespace) or "container" (verify that
-    the container already gives no network and a read-only root; ``scratch`` must be writable).
+    the container gives no network and a read-only root, then a user namespace).
     """
+    del worker_index  # uid blocks are claimed, not derived from the index
     if mode == "container":
         if not _loopback_only():
             raise IsolationError(
@@ -177,50 +278,38 @@ def setup_worker(scratch: str, mode: str, worker_index: int) -> WorkerIsolation:
         if not os.access(scratch, os.W_OK):
             raise IsolationError(f"container mode but scratch {scratch} is not writable; "
                                  "mount a tmpfs there (--tmpfs /tmp)")
-        return WorkerIsolation("container", scratch, None, drop_caps=False)
-    if mode != "auto":
+    elif mode != "auto":
         raise IsolationError(f"unknown isolation mode {mode!r} (auto or container)")
-    uid, gid = os.getuid(), os.getgid()
-    if uid == 0:
-        flags = CLONE_NEWNS | CLONE_NEWNET
-        if _libc.unshare(flags) != 0:
+    lock_fd = -1
+    uid_base: int | None = None
+    if mode == "auto" and os.getuid() == 0:
+        uid_base, lock_fd = claim_uid_block()
+        if _libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise IsolationError(
                 f"cannot create network/mount namespaces as root ({os.strerror(err)}); "
                 "inside a container run with GRADER_SANDBOX_ISOLATION=container"
             )
-        sandbox_uid: int | None = SANDBOX_UID_BASE + worker_index
-        mode_name = "namespaces"
-        drop_caps = False
+        mode_name, drop_caps = "namespaces", False
     else:
-        if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise IsolationError(
-                f"cannot create a user namespace as uid {uid} ({os.strerror(err)}); run the "
-                "grader as root, enable unprivileged user namespaces "
-                "(sysctl kernel.unprivileged_userns_clone=1), or use the grader container"
-            )
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"0 {uid} 1")
-        _write("/proc/self/gid_map", f"0 {gid} 1")
-        sandbox_uid = None
-        mode_name = "userns"
-        drop_caps = True
+        _enter_user_namespace(container=mode == "container")
+        mode_name, drop_caps = ("container" if mode == "container" else "userns"), True
     try:
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-        if sandbox_uid is not None:
-            _expose_python(scratch)
-        _make_everything_readonly()
+        _make_readonly("/")
         opts = SCRATCH_TMPFS_OPTS.encode()
         _check(
             _libc.mount(b"grader-scratch", scratch.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts),
             f"mount tmpfs on {scratch}",
         )
+        view = build_view(scratch)
     except OSError as exc:
         raise IsolationError(f"cannot set up the read-only mount namespace: {exc}") from None
     if not _loopback_only():
         raise IsolationError("the new network namespace still shows interfaces besides lo")
-    return WorkerIsolation(mode_name, scratch, sandbox_uid, drop_caps)
+    iso = WorkerIsolation(mode_name, scratch, view, uid_base,
+                          UID_BLOCK_SIZE if uid_base is not None else 0, drop_caps)
+    return iso, lock_fd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,12 +356,12 @@ def _export(flt: Any) -> BpfProgram:
         raise IsolationError(f"libseccomp exported a bad filter program: {exc}") from None
 
 
-# The judge talks to the worker over a socket it inherits; it may use, never create, sockets.
-_JUDGE_SOCKET_IO = ("sendto", "recvfrom", "sendmsg", "recvmsg", "getsockopt", "getsockname")
 # What the template process needs beyond a program's allow-list: its socket to the worker,
-# forking and reaping, and the calls a new child makes while confining itself. The delta
-# filter each program child adds takes exactly these away again.
-_TEMPLATE_EXTRA_KILL = ("sendto", "recvfrom", "sendmsg", "recvmsg")
+# forking and reaping, and the calls a new child makes while confining itself (mounting its
+# /work tmpfs, changing uid, dropping capabilities). The delta filter each child adds takes
+# exactly these away again.
+_SOCKET_IO = ("sendto", "recvfrom", "sendmsg", "recvmsg", "getsockopt", "getsockname")
+_TEMPLATE_EXTRA_KILL = (*_SOCKET_IO, "mount")
 _TEMPLATE_EXTRA_EPERM = ("wait4", "waitid", "setsid", "setgroups", "setresgid", "setresuid",
                          "prctl", "capset", "seccomp")
 
@@ -284,37 +373,34 @@ class SeccompFilters:
     ``template``: loaded once by the template process (a program's allow-list plus
     _TEMPLATE_EXTRA_*, clone for processes and prlimit64 to set limits); ``program_delta``:
     loaded by each program child on top of it (default allow; takes the extras away), so a
-    child's effective filter is exactly ``program``; ``judge``: the judge's filter;
-    ``program``: the program filter as one program (for reference and tests). Stacking costs
-    each child the load of a small filter instead of the kernel's preparation of a large one.
+    child's effective filter is exactly ``program``; ``judge_delta``: the judge's, which keeps
+    I/O on the socket it inherits (it creates none: ``socket`` stays refused); ``program``: the program
+    filter as one program (for reference and tests). Stacking costs each child the load of a
+    small filter instead of the kernel's preparation of a large one.
     """
 
     template: BpfProgram
     program_delta: BpfProgram
+    judge_delta: BpfProgram
     program: BpfProgram
-    judge: BpfProgram
 
 
 def build_seccomp_filters() -> SeccompFilters:
     return SeccompFilters(
         template=_export(_build_libseccomp_filter(template=True)),
         program_delta=_export(_build_delta_filter()),
+        judge_delta=_export(_build_delta_filter(judge=True)),
         program=_export(_build_libseccomp_filter()),
-        judge=_export(_build_libseccomp_filter(_JUDGE_SOCKET_IO)),
     )
 
 
-def build_seccomp_filter(judge: bool = False) -> BpfProgram:
-    """The program children's filter, or (``judge=True``) the judge's: the same plus I/O on
-    already-open sockets."""
-    return _export(_build_libseccomp_filter(_JUDGE_SOCKET_IO if judge else ()))
-
-
-def _build_delta_filter() -> Any:
+def _build_delta_filter(judge: bool = False) -> Any:
     sc = _load_seccomp_module()
     flt = sc.SyscallFilter(sc.ALLOW)
     with contextlib.suppress(ValueError, RuntimeError, OSError):
         for name in _TEMPLATE_EXTRA_KILL:
+            if judge and name in _SOCKET_IO:
+                continue
             flt.add_rule(sc.KILL_PROCESS, name)
         for name in _TEMPLATE_EXTRA_EPERM:
             flt.add_rule(sc.ERRNO(errno.EPERM), name)
@@ -323,10 +409,9 @@ def _build_delta_filter() -> Any:
     return flt
 
 
-def _build_libseccomp_filter(extra_allow: tuple[str, ...] = (), template: bool = False) -> Any:
+def _build_libseccomp_filter(template: bool = False) -> Any:
     """The allow-list filter (libseccomp): allowed, killed, or failing with EPERM (default)."""
-    if template:
-        extra_allow = (*extra_allow, *_TEMPLATE_EXTRA_KILL, *_TEMPLATE_EXTRA_EPERM)
+    extra_allow = (*_TEMPLATE_EXTRA_KILL, *_TEMPLATE_EXTRA_EPERM) if template else ()
     sc = _load_seccomp_module()
     flt = sc.SyscallFilter(sc.ERRNO(errno.EPERM))
     # A binary search over syscall numbers instead of a linear chain: cheaper to load (the
@@ -374,30 +459,3 @@ def describe_signal(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"SIG{signum}"
-
-
-def safe_rmtree(path: str) -> None:
-    """Remove a sample directory without following links the sample may have planted."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-    if os.path.lexists(path):
-        # Something the sample made unremovable for root (a read-only dir of its own): chmod.
-        for root, dirs, _files in os.walk(path):
-            for d in dirs:
-                sub = os.path.join(root, d)
-                if not os.path.islink(sub):
-                    with contextlib.suppress(OSError):
-                        os.chmod(sub, 0o700)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def python_info() -> str:
-    return f"{sys.implementation.name} {sys.version.split()[0]}"

@@ -166,8 +166,11 @@ class GraderPool:
 
     @property
     def sandbox_uids(self) -> list[int]:
-        """The uids sandboxed children run as (empty when they keep the worker's uid)."""
-        return [h.info["sandbox_uid"] for h in self._handles if h.info.get("sandbox_uid")]
+        """Every uid a program child can run as (each worker's locked block but its first uid,
+        the judge's; empty when children keep the invoking user's uid, in a user namespace)."""
+        return [uid for h in self._handles if h.info.get("uid_base") is not None
+                for uid in range(h.info["uid_base"] + 1,
+                                 h.info["uid_base"] + h.info["uid_count"])]
 
     def health(self) -> dict[str, Any]:
         alive = sum(1 for h in self._handles if h.proc.poll() is None)

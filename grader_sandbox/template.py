@@ -5,11 +5,20 @@ each fork copies as few pages as possible, and it only ever receives what a prog
 the program, the test inputs, the limits. Never expected outputs or test code, so no program
 child's memory (not even freed memory inherited from here) can hold an answer.
 
+Once set up, the template pivots into the samples' view (isolation.build_view): from then on
+it and every child see only the standard library, the system libraries and a few devices.
+Each child is forked into new PID, mount and IPC namespaces, mounts a fresh tmpfs on /work,
+takes its own uid (as root: the next of the worker's block; the judge the block's first) and
+confines itself (confine.py).
+
 Protocol on the SOCK_SEQPACKET socket it inherits (its number is the last argument):
-  worker -> template, once: {"uid", "drop_caps", "env", "preload"} + the BPF program (memfd)
-  worker -> template, per sample: {"workdir"} + [spec memfd, fd0, fd1, fd2, fd3, fd4, fd5]
+  worker -> template, once: {"uid_base", "uid_count", "drop_caps", "env", "preload", "view"}
+                            + the two BPF programs (memfds)
+  worker -> template, per program child: {"role": "program"} + [spec memfd, fd0 .. fd5]
+  worker -> template, per judge: {"role": "judge"} + [empty memfd, fd0 .. fd2, control socket]
   template -> worker: {"pid"} after the fork; the child is the worker's (CLONE_PARENT), and
-  the worker reaps it
+  the worker reaps it. Test code goes from the worker to the judge directly, never through
+  the template.
 """
 
 from __future__ import annotations
@@ -28,22 +37,40 @@ from typing import Any
 from grader_sandbox import child as child_mod
 from grader_sandbox.confine import (
     PR_SET_PDEATHSIG,
+    WORKDIR,
     BpfProgram,
     _prctl,
     arrange_fds,
     confine,
+    enter_view,
+    mount_work,
     prepare_template,
+    vm_size_bytes,
 )
 
 SETUP_FAILED = 71
+# The judge runs trusted test code, for many samples: no CPU limit of its own (each sample's
+# wall clock bounds its job; the worker replaces a judge that was stopped mid-job).
+_JUDGE_LIMITS = {"timeout_s": 3600.0, "memory_mb": 1024, "output_bytes": 1 << 16}
 
 
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 CLONE_PARENT = 0x00008000
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+# Each child: the worker's child, alone in its own PID namespace (process 1, no other process
+# to see or signal), mount namespace (its own /work) and IPC namespace (no shared memory or
+# message queues with anyone).
+CHILD_FLAGS = CLONE_PARENT | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC
+M_ARENA_MAX = -8
+# Threads share one malloc arena (each extra arena reserves 64 MiB of address space, which
+# counts against the sample's memory limit) and get 4 MiB stacks: 64 threads fit in 512 MiB.
+THREAD_STACK = 4 << 20
 
 
 def _make_fork() -> Any:
-    """fork(2) as ``clone(CLONE_PARENT | SIGCHLD)``: the child becomes the *worker's* child, so
+    """fork(2) as ``clone(CHILD_FLAGS | SIGCHLD)``: the child becomes the *worker's* child, so
     the worker reaps it and reads its exit status and usage itself, and the template returns
     to waiting at once instead of touching (copy-on-write) pages while the child runs. It
     also skips CPython's at-fork bookkeeping (lock re-initialisation, at-fork hooks, reseeding
@@ -56,7 +83,7 @@ def _make_fork() -> Any:
         raise RuntimeError("the template process must be single-threaded")
     syscall = ctypes.PyDLL(None, use_errno=True).syscall  # PyDLL keeps the GIL
     syscall.restype = ctypes.c_long
-    args = [ctypes.c_long(v) for v in (nr, CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)]
+    args = [ctypes.c_long(v) for v in (nr, CHILD_FLAGS | signal.SIGCHLD, 0, 0, 0, 0)]
 
     def fork() -> int:
         pid = syscall(*args)
@@ -99,22 +126,38 @@ def _warm_up() -> None:
         builtins.isinstance(value, int)
 
 
+def _uids(base: int | None, count: int) -> Any:
+    """The uid of each program child in turn (None: keep the worker's, in its namespace)."""
+    n = 0
+    while True:
+        n = n % (count - 1) + 1 if base is not None else 0
+        yield None if base is None else base + n
+
+
 def main(sock_fd: int) -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     sock = socket.socket(fileno=sock_fd)
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 2)
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 3)
     config = json.loads(msg)
-    template_bpf, delta_bpf = (BpfProgram(os.pread(fd, os.fstat(fd).st_size, 0)) for fd in fds)
+    template_bpf, delta_bpf, judge_bpf = (BpfProgram(os.pread(fd, os.fstat(fd).st_size, 0))
+                                          for fd in fds)
     for fd in fds:
         os.close(fd)
-    uid, drop_caps = config["uid"], config["drop_caps"]
+    base, drop_caps = config["uid_base"], config["drop_caps"]
+    judge_uid = base
+    uids = _uids(base, int(config["uid_count"]))
+    ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+    threading.stack_size(THREAD_STACK)
     _preload(config["preload"])
     _fork = _make_fork()
     prepare_template(config["env"])
     _warm_up()
     gc.collect()
     gc.freeze()  # children's collections then skip (and do not copy) what is here
-    worker_pid = os.getppid()
+    worker_pidfd = os.pidfd_open(os.getppid())
+    os.set_inheritable(worker_pidfd, False)
+    base_vm = vm_size_bytes()
+    enter_view(config["view"])
     # From here on the template itself runs under the program filter plus what forking and
     # confining a child need; each child then adds the delta filter that removes those.
     template_bpf.load()
@@ -127,19 +170,29 @@ def main(sock_fd: int) -> None:
         if not msg:
             return
         header = json.loads(msg)
-        spec = json.loads(os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
+        judge = header.get("role") == "judge"
+        spec = None if judge else json.loads(os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
+        uid = judge_uid if judge else next(uids)
         pid = _fork()
         if pid == 0:
             try:
-                arrange_fds(fds[1:])
-                confine(workdir=header["workdir"], limits=spec["limits"], uid=uid,
-                        drop_caps=drop_caps, seccomp_filter=delta_bpf, parent_pid=worker_pid)
+                mount_work(uid)
+                n = len(fds) - 1
+                arrange_fds([*fds[1:], fds[0], worker_pidfd])  # payload: n, worker: n + 1
+                os.close(n)
+                limits = _JUDGE_LIMITS if judge else spec["limits"]  # type: ignore[index]
+                confine(workdir=WORKDIR, limits=limits, uid=uid, drop_caps=drop_caps,
+                        seccomp_filter=judge_bpf if judge else delta_bpf, parent_fd=n + 1,
+                        base_vm=base_vm, cpu_limit=not judge)
             except BaseException:
                 try:
                     traceback.print_exc()
                 finally:
                     os._exit(SETUP_FAILED)
-            child_mod.run_program(spec)
+            if judge:
+                child_mod.quiet_stdio()
+                child_mod.run_judge_server(3)
+            child_mod.run_program(spec)  # type: ignore[arg-type]
         for fd in fds:
             os.close(fd)
         sock.send(b'{"pid": %d}' % pid)

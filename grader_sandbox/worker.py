@@ -1,12 +1,14 @@
 """The grader worker: ``python -m grader_sandbox.worker`` (started by the pool, never forked).
 
-At start the worker enters its namespaces (see isolation.py), builds the seccomp filter,
-preloads the modules programs commonly import, and forks a *template* process. Per sample the
-template forks the program child; the template only ever receives the program and the test
-inputs, never expected values or test code, so no sandboxed program's memory (not even freed
-memory) holds an answer. The worker itself keeps the expected values, forks the judge for
-``assert``-style samples, enforces the wall-clock limit (SIGKILL to the whole process group),
-caps the output it reads, reaps everything, removes the sample's directory and compares.
+At start the worker enters its namespaces and builds the samples' filesystem view (see
+isolation.py), builds the seccomp filters, and starts a *template* process, which pivots into
+the view. Per sample the template forks the program child (and, for ``assert``-style samples,
+a fresh judge); the template only ever receives the program and the test inputs, never
+expected values or test code, so no sandboxed program's memory (not even freed memory) holds
+an answer. The worker itself keeps the expected values, enforces the wall-clock limit
+(SIGKILL: each child is process 1 of its own PID namespace, so everything in it dies), caps
+the output it reads, reaps everything and compares. A sample's files live in its own tmpfs,
+which the kernel frees when the sample ends.
 
 Protocol with the pool (stdin/stdout of the worker): frames of JSON (see codec.py).
   worker -> pool: {"ready": true, "isolation": {...}} or {"error": "one line"} at start
@@ -26,13 +28,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import sysconfig
 import time
 import traceback
 from dataclasses import asdict
 from typing import Any
 
-from grader_sandbox import child as child_mod
 from grader_sandbox.codec import (
     FrameBuffer,
     FrameError,
@@ -43,52 +44,30 @@ from grader_sandbox.codec import (
     write_frame,
 )
 from grader_sandbox.compare import stdout_matches, values_equal
-from grader_sandbox.confine import (
-    PR_SET_DUMPABLE,
-    arrange_fds,
-    confine,
-    prepare_template,
-)
+from grader_sandbox.confine import PR_SET_DUMPABLE
 from grader_sandbox.isolation import (
     IsolationError,
     SeccompFilters,
     WorkerIsolation,
     build_seccomp_filters,
     describe_signal,
-    safe_rmtree,
+    layers,
     setup_worker,
 )
 
-# Imported once by the template (and the worker, for the judge) so that children find them
-# loaded: what model-written solutions import most. Each one costs every fork a little.
+# Imported once by the template so that program children and the judge find them loaded:
+# what model-written solutions import most. Each one costs every fork a little.
 PRELOAD = ["bisect", "collections", "copy", "functools", "heapq", "itertools", "math",
            "operator", "re", "string", "typing"]
 
 SETUP_FAILED_CODES = (70, 71)
-_CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-              "HOME": "/", "TMPDIR": "/"}
+_CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+              "HOME": "/work", "TMPDIR": "/work"}
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _preload() -> None:
-    import importlib
-
-    for name in PRELOAD:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
 
 
 # ---------------------------------------------------------------------------------------------
 # one sample
-
-
-def _remove_sample_dir(root: str) -> None:
-    """Most samples leave their directory empty: two rmdirs; otherwise a careful rmtree."""
-    try:
-        os.rmdir(os.path.join(root, "work"))
-        os.rmdir(root)
-    except OSError:
-        safe_rmtree(root)
 
 
 class _Key:
@@ -176,60 +155,47 @@ class _Proc:
         return None
 
 
-_JUDGE_LIMITS = {"timeout_s": 3600.0, "memory_mb": 1024, "output_bytes": 1 << 16}
 _JUDGE_MAX_JOBS = 500  # replace the judge now and then so no state accumulates for long
 
 
 class _Judge:
-    """The long-lived, confined judge process (assert style); a child of the worker."""
+    """The confined judge process (assert style), forked by the template like a program
+    child (the samples' view, its own namespaces and uid), serving many samples."""
 
     def __init__(self, worker: Worker) -> None:
         self.sock, jsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                arrange_fds([worker.devnull, worker.devnull, worker.devnull, jsock.fileno()])
-                prepare_template(_CHILD_ENV)
-                confine(workdir=worker.iso.scratch, limits=_JUDGE_LIMITS,
-                        uid=worker.iso.judge_uid, drop_caps=worker.iso.drop_caps,
-                        seccomp_filter=worker.judge_flt, parent_pid=worker.my_pid,
-                        cpu_limit=False)
-                child_mod.quiet_stdio()
-            except BaseException:
-                os._exit(71)
-            child_mod.run_judge_server(3)
-        jsock.close()
-        self.proc = _Proc(pid)
+        try:
+            dn = worker.devnull
+            self.proc = worker._fork_child({"role": "judge"}, b"", [dn, dn, dn, jsock.fileno()])
+        finally:
+            jsock.close()
         self.jobs = 0
 
     def usable(self) -> bool:
         return self.proc.alive() and self.jobs < _JUDGE_MAX_JOBS
 
-    def stop(self) -> None:
+    def stop(self) -> _Proc:
+        """Kill it and close its socket; returns the process, for the caller to reap."""
         self.proc.kill()
         self.sock.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.proc.pid, 0)
-        self.proc.close()
+        return self.proc
 
 
 class Worker:
     def __init__(self, iso: WorkerIsolation, filters: SeccompFilters) -> None:
         self.iso = iso
         self.filters = filters
-        self.judge_flt = filters.judge
         self.my_pid = os.getpid()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.template = self._start_template()
         self.template_pid = self.template.pid
-        self.counter = 0
         self.judge: _Judge | None = None
-        # A program child we SIGKILLed once its results were in: its exit report and its
-        # directory are collected before the next sample starts, off the critical path.
-        self._pending: tuple[_Proc, str] | None = None
+        # Children we SIGKILLed once their results were in (or that ended on their own): their
+        # exit reports are collected before the next sample starts, off every sample's clock.
+        self._pending: list[_Proc] = []
 
     def _start_template(self) -> subprocess.Popen[bytes]:
-        """Start the lean template interpreter and hand it the filter and the uid to use."""
+        """Start the lean template interpreter and hand it the filters, uids and view."""
         self.sock, tsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -240,12 +206,14 @@ class Worker:
         )
         tsock.close()
         bpfs = []
-        for prog in (self.filters.template, self.filters.program_delta):
+        for prog in (self.filters.template, self.filters.program_delta,
+                     self.filters.judge_delta):
             fd = os.memfd_create("bpf", os.MFD_CLOEXEC)
             os.write(fd, prog.code)
             bpfs.append(fd)
-        config = {"uid": self.iso.sandbox_uid, "drop_caps": self.iso.drop_caps,
-                  "env": _CHILD_ENV, "preload": PRELOAD}
+        config = {"uid_base": self.iso.uid_base, "uid_count": self.iso.uid_count,
+                  "drop_caps": self.iso.drop_caps, "env": _CHILD_ENV, "preload": PRELOAD,
+                  "view": self.iso.view}
         socket.send_fds(self.sock, [json.dumps(config).encode()], bpfs)
         for fd in bpfs:
             os.close(fd)
@@ -255,50 +223,33 @@ class Worker:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _template_message(self) -> dict[str, Any]:
+    def _fork_child(self, header: dict[str, Any], payload: bytes, fds: list[int]) -> _Proc:
+        """Have the template fork a child; ``payload`` travels in a memfd (any size)."""
+        mfd = os.memfd_create("payload", os.MFD_CLOEXEC)
+        try:
+            os.write(mfd, payload)
+            socket.send_fds(self.sock, [json.dumps(header).encode()], [mfd, *fds])
+        finally:
+            os.close(mfd)
         msg = json.loads(self.sock.recv(4096))
-        if not isinstance(msg, dict):
+        if not isinstance(msg, dict) or type(msg.get("pid")) is not int:
             raise RuntimeError("bad message from the template process")
-        return msg
-
-    def settle(self) -> None:
-        """Wait for the previous program child's exit report and remove its directory."""
-        if self._pending is None:
-            return
-        prog, root = self._pending
-        self._pending = None
-        prog.reap()
-        prog.close()
-        _remove_sample_dir(root)
+        return _Proc(msg["pid"])
 
     def _get_judge(self) -> _Judge:
         if self.judge is not None and not self.judge.usable():
-            self.judge.stop()
+            self._pending.append(self.judge.stop())
             self.judge = None
         if self.judge is None:
             self.judge = _Judge(self)
         return self.judge
 
-    def _sample_dirs(self, req: dict[str, Any]) -> tuple[str, str]:
-        self.counter += 1
-        # The scratch tmpfs is the worker's own (its mount namespace): plain names will do.
-        root = os.path.join(self.iso.scratch, f"s{self.counter}")
-        try:
-            os.mkdir(root, 0o755)
-        except FileExistsError:
-            root = tempfile.mkdtemp(prefix=f"s{self.counter}-", dir=self.iso.scratch)
-        os.chmod(root, 0o755)
-        work = os.path.join(root, "work")
-        os.mkdir(work, 0o700)
-        if self.iso.sandbox_uid is not None:
-            os.chown(work, self.iso.sandbox_uid, self.iso.sandbox_uid)
-        if req["style"] == "stdio":
-            ind = os.path.join(root, "in")
-            os.mkdir(ind, 0o755)
-            for i, test in enumerate(req["tests"]):
-                with open(os.path.join(ind, str(i)), "w", encoding="utf-8") as fh:
-                    fh.write(test["input"])
-        return root, work
+    def settle(self) -> None:
+        """Collect the exit reports of the previous sample's children."""
+        while self._pending:
+            proc = self._pending.pop()
+            proc.reap()
+            proc.close()
 
     @staticmethod
     def _public_spec(req: dict[str, Any]) -> dict[str, Any]:
@@ -312,8 +263,7 @@ class Worker:
                 for t in req["tests"]
             ]
         elif req["style"] == "stdio":
-            spec["n_tests"] = len(req["tests"])
-            spec["inputs_dir"] = "../in"  # relative: the scratch parents are not searchable
+            spec["inputs"] = [t["input"] for t in req["tests"]]
             spec["output_bytes"] = req["limits"]["output_bytes"]
         else:
             spec["entry_point"] = req["entry_point"]
@@ -322,36 +272,30 @@ class Worker:
     # -- grading ---------------------------------------------------------------------------
 
     def grade(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.settle()  # the previous sample's clean-up, before this sample's clock starts
         t0 = time.monotonic()
-        self.settle()
-        limits = req["limits"]
-        deadline = t0 + float(limits["timeout_s"])
-        style = req["style"]
-        root, work = self._sample_dirs(req)
+        deadline = t0 + float(req["limits"]["timeout_s"])
         run = _Run(req)
         try:
-            self._start_children(req, root, work, run)
+            self._start_children(req, run)
             self._supervise(run, deadline)
         finally:
             run.close_fds()
-            if run.judge_broken and self.judge is not None:
-                self.judge.stop()
-                self.judge = None
             prog = run.prog
             if prog is not None and run.deferred:
-                self._pending = (prog, root)
-            else:
-                if prog is not None:
-                    prog.kill()
-                    prog.reap()
-                    prog.close()
-                _remove_sample_dir(root)
+                self._pending.append(prog)  # killed once complete: its status is not needed
+            elif prog is not None:
+                prog.kill()
+                prog.reap()  # the verdict reads how it ended
+                prog.close()
+            if run.judge_broken and self.judge is not None:
+                self._pending.append(self.judge.stop())
+                self.judge = None
         verdict = self._verdict(req, run)
         verdict["wall_s"] = round(time.monotonic() - t0, 6)
-        del style
         return verdict
 
-    def _start_children(self, req: dict[str, Any], root: str, work: str, run: _Run) -> None:
+    def _start_children(self, req: dict[str, Any], run: _Run) -> None:
         style = req["style"]
         res_r, res_w = run.pipe()
         con_r, con_w = run.pipe()
@@ -360,24 +304,24 @@ class Worker:
         if style == "assert":
             call_r, call_w = run.pipe()  # judge -> program
             reply_r, reply_w = run.pipe()  # program -> judge
-        spec_fd = os.memfd_create("spec", os.MFD_CLOEXEC)
-        run.opened.append(spec_fd)
-        os.write(spec_fd, json.dumps(self._public_spec(req)).encode())
-        socket.send_fds(self.sock, [json.dumps({"workdir": work}).encode()],
-                        [spec_fd, self.devnull, con_w, con_w, res_w, call_r, reply_w])
-        run.close(spec_fd, con_w, res_w)
-        run.prog = _Proc(self._template_message()["pid"])
+        spec = json.dumps(self._public_spec(req)).encode()
+        run.prog = self._fork_child({"role": "program"}, spec,
+                                    [self.devnull, con_w, con_w, res_w, call_r, reply_w])
+        run.close(con_w, res_w)
         if style == "assert":
             run.close(call_r, reply_w)
             judge = self._get_judge()
-            job = {"test_code": req["test_code"], "entry_point": req["entry_point"]}
+            code_fd = os.memfd_create("tests", os.MFD_CLOEXEC)  # any size (a socket message
+            run.opened.append(code_fd)                          # is not)
+            os.write(code_fd, req["test_code"].encode("utf-8", "surrogatepass"))
             try:
-                socket.send_fds(judge.sock, [json.dumps(job).encode()], [reply_r, call_w])
+                socket.send_fds(judge.sock, [json.dumps({"entry_point": req["entry_point"]})
+                                             .encode()], [code_fd, reply_r, call_w])
             except OSError:
                 run.judge_broken = True
             judge.jobs += 1
             run.judge = judge
-            run.close(reply_r, call_w)
+            run.close(code_fd, reply_r, call_w)
 
     def _supervise(self, run: _Run, deadline: float) -> None:
         """Collect results until complete, the deadline, or the children's end."""
@@ -434,7 +378,8 @@ class Worker:
                             run.judge_result = json.loads(raw) if raw else None
                         except (OSError, ValueError):
                             raw = b""
-                        if not raw:
+                        if not raw or not isinstance(run.judge_result, dict):
+                            run.judge_result = None
                             run.judge_broken = True
                         sel.unregister(key.fd)
                     elif tag == "jexit":
@@ -610,9 +555,8 @@ class _Run:
 
 
 def _start(args: argparse.Namespace) -> tuple[Worker, dict[str, Any]]:
-    iso = setup_worker(args.scratch, args.isolation, args.index)
+    iso, _uid_lock = setup_worker(args.scratch, args.isolation, args.index)  # held until exit
     filters = build_seccomp_filters()
-    _preload()
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     worker = Worker(iso, filters)
     # Prove the whole chain (fork, confinement, seccomp load) once before accepting work.
@@ -625,12 +569,13 @@ def _start(args: argparse.Namespace) -> tuple[Worker, dict[str, Any]]:
     if not verdict["passed"]:
         raise IsolationError(
             f"the sandbox self-test failed ({verdict['status']}, {verdict['error_type']}): a "
-            f"child running as uid {iso.sandbox_uid} must be able to import from "
-            f"{sys.prefix}; make the Python installation world-readable"
+            f"child must be able to import the standard library from "
+            f"{sysconfig.get_paths()['stdlib']}; make the Python installation world-readable"
         )
-    return worker, {"mode": iso.mode, "sandbox_uid": iso.sandbox_uid, "scratch": iso.scratch,
-                    "pid": os.getpid(), "template_pid": worker.template_pid,
-                    "python": sys.version.split()[0], "iso": asdict(iso)}
+    return worker, {"mode": iso.mode, "uid_base": iso.uid_base, "uid_count": iso.uid_count,
+                    "scratch": iso.scratch, "pid": os.getpid(),
+                    "template_pid": worker.template_pid, "python": sys.version.split()[0],
+                    "layers": layers(iso), "iso": asdict(iso)}
 
 
 def _readable(fd: int) -> bool:
