@@ -455,7 +455,8 @@ def run_judge_server(ctl_fd: int) -> NoReturn:
             msg, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 16, 3)
             if not msg or len(fds) != 3:
                 return
-            test_code = os.pread(fds[0], os.fstat(fds[0]).st_size, 0).decode("utf-8")
+            raw = os.pread(fds[0], os.fstat(fds[0]).st_size, 0)
+            test_code = raw.decode("utf-8", "surrogatepass")
             high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16) for fd in fds[1:]]
             for fd in fds:
                 os.close(fd)
@@ -469,7 +470,7 @@ def run_judge_server(ctl_fd: int) -> NoReturn:
                 _judge(test_code, job["entry_point"], result)
             except BaseException as exc:  # a bug here must still report
                 result["error"] = result["error"] or _exc_name(exc)
-            del test_code
+            del test_code, raw
             os.close(IN_FD)
             os.close(OUT_FD)
             ctl.send(json.dumps(result).encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -16,30 +17,69 @@ def _limits_arg(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
-        raise GraderError(f"--limits must be a JSON object, got {text!r}") from None
+    except (ValueError, RecursionError):
+        raise GraderError(f"--limits must be a JSON object, got {_one_line(repr(text))}") from None
     if not isinstance(value, dict):
-        raise GraderError(f"--limits must be a JSON object, got {text!r}")
+        raise GraderError(f"--limits must be a JSON object, got {_one_line(repr(text))}")
     return value
 
 
-def cmd_grade(args: argparse.Namespace) -> int:
-    """One verdict line per input line, in order. An invalid line gets an ``error`` verdict
-    with error_type "InvalidRequest" (and a message on stderr) instead of stopping the file;
-    the exit status is then 2, so a caller cannot miss it."""
-    from grader_sandbox.pool import GraderPool
+class _Unreadable:
+    """A request line that could not be read as JSON (why: one line)."""
 
-    limits = _limits_arg(args.limits)
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _read_request_lines(path: str) -> list[tuple[int, Any]]:
+    """(line number, parsed JSON or _Unreadable) for every non-blank line of ``path``."""
+    if path == "-":
+        fh = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+    else:
+        fh = open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
     lines: list[tuple[int, Any]] = []
-    fh = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     with fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that were not UTF-8 (escaped on reading)
+                lines.append((n, _Unreadable("not UTF-8")))
+                continue
+            try:
                 lines.append((n, json.loads(line)))
-            except ValueError as exc:
-                lines.append((n, exc))
+            except (ValueError, RecursionError) as exc:  # RecursionError: too deeply nested
+                lines.append((n, _Unreadable(f"not JSON ({_one_line(exc, 120)})")))
+    return lines
+
+
+def _check_line(item: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The validated request of one line; GraderError (one line) for anything else."""
+    if isinstance(item, _Unreadable):
+        raise GraderError(item.why)
+    try:
+        return validate_request(item, defaults)
+    except GraderError:
+        raise
+    except Exception as exc:  # never lose the other lines over one
+        raise GraderError(f"invalid request ({type(exc).__name__})") from None
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    """One verdict line per input line, in order. A line that is not JSON or not a valid
+    request gets an ``error`` verdict with error_type "InvalidRequest" (and one message line on
+    stderr) instead of stopping the file; the exit status is then 2, so a caller cannot miss
+    it."""
+    from grader_sandbox.pool import GraderPool
+
+    limits = _limits_arg(args.limits)
+    lines = _read_request_lines(args.file)
     out = sys.stdout if args.out in (None, "-") else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     with GraderPool(workers=args.workers, default_limits=limits) as pool:
         valid: list[dict[str, Any]] = []
@@ -47,13 +87,11 @@ def cmd_grade(args: argparse.Namespace) -> int:
         for n, item in lines:
             rid = item.get("id") if isinstance(item, dict) else None
             try:
-                if isinstance(item, Exception):
-                    raise GraderError(f"not JSON ({item})")
-                valid.append(validate_request(item, pool.default_limits))
+                valid.append(_check_line(item, pool.default_limits))
                 slots.append(len(valid) - 1)
             except GraderError as exc:
-                print(f"grader_sandbox grade: line {n}: {exc}", file=sys.stderr)
-                slots.append(Verdict(id=str(rid) if rid is not None else f"line{n}",
+                print(f"grader_sandbox grade: line {n}: {_one_line(exc)}", file=sys.stderr)
+                slots.append(Verdict(id=rid if isinstance(rid, str) and rid else f"line{n}",
                                      passed=False, status="error", error_type="InvalidRequest"))
         verdicts: list[Verdict] = []
         for start in range(0, len(valid), args.batch):
@@ -107,8 +145,8 @@ def cmd_check(args: argparse.Namespace) -> int:
              "tests": [{"args": [2], "expected": 2}]},
         ])
         info = pool.isolation
-    print(json.dumps({"isolation": info.get("mode"), "sandbox_uid": info.get("sandbox_uid"),
-                      "benign": ok.status, "fork": bad.status}))
+    print(json.dumps({"isolation": info.get("mode"), "layers": info.get("layers"),
+                      "benign": ok.status, "fork": bad.status}, indent=2))
     return 0 if ok.passed and bad.status == "violation" else 1
 
 

@@ -1,25 +1,50 @@
 """Plain-data serialisation and message framing.
 
 Everything a sandboxed child sends back is *plain data*: None, bool, int, float, str, bytes,
-list, tuple, dict, set, frozenset, of exactly those types (no subclasses), so that no object the
-program built (an ``int`` subclass, an object whose ``__eq__`` is always true) ever reaches the
-code that compares. Values are encoded as JSON with tags for the types JSON lacks; decoding is
-plain ``json.loads`` plus rebuilding those containers, safe on hostile input.
+list, tuple, dict, set, frozenset, complex, of exactly those types (no subclasses), so that no
+object the program built (an ``int`` subclass, an object whose ``__eq__`` is always true) ever
+reaches the code that compares. Three standard containers are accepted as well, because
+ordinary programs return them: ``collections.OrderedDict``, ``Counter`` and ``defaultdict``
+(each crosses with its items and is rebuilt as the same standard type; a ``defaultdict``'s
+factory crosses only when it is a builtin type such as ``int`` or ``list``, otherwise it
+arrives with none), and named tuples (``collections.namedtuple``, ``typing.NamedTuple``),
+which cross as their elements and arrive as a plain ``tuple``: the receiving side never
+creates a class from names a sample chose.
 
-Frames are a 4-byte big-endian length followed by that many bytes of UTF-8 JSON.
+Values are encoded as JSON with tags for the types JSON lacks (a one-key object:
+``$t`` tuple, ``$d`` dict, ``$od`` OrderedDict, ``$ctr`` Counter, ``$dd`` defaultdict,
+``$s``/``$fs`` set/frozenset, ``$b`` bytes, ``$i`` huge int, ``$f`` non-finite float,
+``$c`` complex); both directions stop at ``MAX_DEPTH`` levels. Decoding is plain
+``json.loads`` plus rebuilding those containers from fresh standard objects, safe on hostile
+input: :func:`from_plain` raises :class:`FrameError` (and nothing else) on anything that
+:func:`to_plain` could not have produced.
+
+Frames are a 4-byte big-endian length followed by that many bytes of UTF-8 JSON; every reader
+here raises :class:`FrameError` on a malformed frame (bad length, torn body, undecodable or
+too deeply nested JSON).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
+import re
 import struct
-from collections.abc import Callable
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_DEPTH = 200
 _HDR = struct.Struct(">I")
+
+# defaultdict factories that cross by name (anything else arrives as no factory).
+_FACTORIES: dict[str, type] = {
+    t.__name__: t
+    for t in (int, float, complex, str, bytes, bool, list, tuple, dict, set, frozenset)
+}
+_HEX_INT = re.compile(r"-?0x[0-9a-f]+", re.ASCII)
 
 
 class NotPlainData(TypeError):
@@ -27,11 +52,22 @@ class NotPlainData(TypeError):
 
 
 class FrameError(ValueError):
-    """A malformed or oversized frame."""
+    """A malformed or oversized frame, or a malformed encoded value."""
 
 
 class OutputLimitError(FrameError):
     """More bytes than the reader accepts in total."""
+
+
+def _pairs_to_plain(items: Iterable[tuple[Any, Any]], depth: int) -> list[list[Any]]:
+    return [[to_plain(k, depth + 1), to_plain(v, depth + 1)] for k, v in items]
+
+
+def _namedtuple_fields(t: type, value: Any) -> bool:
+    """True for an instance of a named tuple class (namedtuple, typing.NamedTuple)."""
+    fields = getattr(t, "_fields", None)
+    return (type(fields) is tuple and all(type(f) is str for f in fields)
+            and len(fields) == tuple.__len__(value) and callable(getattr(t, "_make", None)))
 
 
 def to_plain(value: Any, depth: int = 0) -> Any:
@@ -53,7 +89,7 @@ def to_plain(value: Any, depth: int = 0) -> Any:
     if t is tuple:
         return {"$t": [to_plain(v, depth + 1) for v in value]}
     if t is dict:
-        return {"$d": [[to_plain(k, depth + 1), to_plain(v, depth + 1)] for k, v in value.items()]}
+        return {"$d": _pairs_to_plain(value.items(), depth)}
     if t is set or t is frozenset:
         tag = "$s" if t is set else "$fs"
         return {tag: [to_plain(v, depth + 1) for v in value]}
@@ -61,49 +97,156 @@ def to_plain(value: Any, depth: int = 0) -> Any:
         return {"$b": base64.b64encode(value).decode("ascii")}
     if t is complex:
         return {"$c": [value.real, value.imag]}
+    if t is OrderedDict:
+        return {"$od": _pairs_to_plain(value.items(), depth)}  # its own order
+    if t is Counter:
+        return {"$ctr": _pairs_to_plain(dict.items(value), depth)}
+    if t is defaultdict:
+        factory = value.default_factory
+        name = next((n for n, f in _FACTORIES.items() if f is factory), None)
+        return {"$dd": [name, _pairs_to_plain(dict.items(value), depth)]}
+    if issubclass(t, tuple) and _namedtuple_fields(t, value):
+        return {"$t": [to_plain(v, depth + 1) for v in tuple.__iter__(value)]}
     raise NotPlainData(f"value of type {t.__name__} is not plain data")
 
 
 def from_plain(data: Any, depth: int = 0) -> Any:
-    """Decode what :func:`to_plain` produced. Raises ValueError on anything else."""
+    """Decode what :func:`to_plain` produced (after a JSON round trip).
+
+    Raises :class:`FrameError`, and only that, on anything else: unknown tags, wrong payload
+    types, unhashable set elements or dict keys, nesting beyond ``MAX_DEPTH``.
+    """
+    try:
+        return _decode(data, depth)
+    except FrameError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError, LookupError) as exc:
+        # Unhashable keys and elements surface as TypeError from the containers themselves.
+        raise FrameError(f"malformed plain value ({type(exc).__name__})") from None
+
+
+def _decode(data: Any, depth: int) -> Any:
     if depth > MAX_DEPTH:
-        raise ValueError("value nests too deeply")
+        raise FrameError("value nests too deeply")
     t = type(data)
-    if data is None or t in (bool, int, float, str):
+    if data is None or t is bool or t is int or t is float or t is str:
         return data
     if t is list:
-        return [from_plain(v, depth + 1) for v in data]
-    if t is dict and len(data) == 1:
-        ((tag, body),) = data.items()
-        if tag == "$t" and type(body) is list:
-            return tuple(from_plain(v, depth + 1) for v in body)
-        if tag == "$d" and type(body) is list:
-            out = {}
-            for pair in body:
-                if type(pair) is not list or len(pair) != 2:
-                    raise ValueError("bad dict item")
-                out[from_plain(pair[0], depth + 1)] = from_plain(pair[1], depth + 1)
-            return out
-        if tag in ("$s", "$fs") and type(body) is list:
-            items = [from_plain(v, depth + 1) for v in body]
-            return set(items) if tag == "$s" else frozenset(items)
-        if tag == "$b" and type(body) is str:
-            return base64.b64decode(body.encode("ascii"), validate=True)
-        if tag == "$i" and type(body) is str:
-            return int(body, 16)
-        if tag == "$f" and body in ("nan", "inf", "-inf"):
-            return float(body)
-        if tag == "$c" and type(body) is list and len(body) == 2:
-            return complex(float(body[0]), float(body[1]))
-    raise ValueError(f"not an encoded plain value: {type(data).__name__}")
+        return [_decode(v, depth + 1) for v in data]
+    if t is not dict:
+        raise FrameError(f"not an encoded plain value: {t.__name__}")
+    if len(data) != 1:
+        raise FrameError("not an encoded plain value: an object without exactly one tag")
+    ((tag, body),) = data.items()
+    decode = _DECODERS.get(tag) if type(tag) is str else None
+    if decode is None:
+        raise FrameError("not an encoded plain value: unknown tag")
+    return decode(body, depth)
+
+
+def _items(body: Any, depth: int) -> list[Any]:
+    if type(body) is not list:
+        raise FrameError("tag payload must be a list")
+    return [_decode(v, depth + 1) for v in body]
+
+
+def _pairs(body: Any, depth: int) -> dict[Any, Any]:
+    if type(body) is not list:
+        raise FrameError("mapping payload must be a list of pairs")
+    out: dict[Any, Any] = {}
+    for pair in body:
+        if type(pair) is not list or len(pair) != 2:
+            raise FrameError("mapping item must be a [key, value] pair")
+        key = _decode(pair[0], depth + 1)
+        value = _decode(pair[1], depth + 1)
+        try:
+            out[key] = value
+        except TypeError:
+            raise FrameError("unhashable mapping key") from None
+    return out
+
+
+def _dec_set(body: Any, depth: int, kind: type) -> Any:
+    items = _items(body, depth)
+    try:
+        return kind(items)
+    except TypeError:
+        raise FrameError("unhashable set element") from None
+
+
+def _dec_defaultdict(body: Any, depth: int) -> defaultdict[Any, Any]:
+    if type(body) is not list or len(body) != 2:
+        raise FrameError("defaultdict payload must be [factory, pairs]")
+    name, pairs = body
+    if name is not None and (type(name) is not str or name not in _FACTORIES):
+        raise FrameError("defaultdict factory must be null or a builtin type's name")
+    out: defaultdict[Any, Any] = defaultdict(None if name is None else _FACTORIES[name])
+    out.update(_pairs(pairs, depth))
+    return out
+
+
+def _dec_bytes(body: Any, _depth: int) -> bytes:
+    if type(body) is not str:
+        raise FrameError("bytes payload must be a string")
+    try:
+        return base64.b64decode(body.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error):
+        raise FrameError("bytes payload is not base64") from None
+
+
+def _dec_int(body: Any, _depth: int) -> int:
+    if type(body) is not str or not _HEX_INT.fullmatch(body):
+        raise FrameError("int payload must be a hex string")
+    return int(body, 16)
+
+
+def _dec_float(body: Any, _depth: int) -> float:
+    if type(body) is not str or body not in ("nan", "inf", "-inf"):
+        raise FrameError("float payload must be nan, inf or -inf")
+    return float(body)
+
+
+def _dec_complex(body: Any, _depth: int) -> complex:
+    if (type(body) is not list or len(body) != 2
+            or not all(type(x) is float or type(x) is int for x in body)):
+        raise FrameError("complex payload must be [real, imag] numbers")
+    try:
+        return complex(float(body[0]), float(body[1]))
+    except OverflowError:
+        raise FrameError("complex part out of range") from None
+
+
+_DECODERS: dict[str, Callable[[Any, int], Any]] = {
+    "$t": lambda body, depth: tuple(_items(body, depth)),
+    "$d": _pairs,
+    "$od": lambda body, depth: OrderedDict(_pairs(body, depth)),
+    "$ctr": lambda body, depth: Counter(_pairs(body, depth)),
+    "$dd": _dec_defaultdict,
+    "$s": lambda body, depth: _dec_set(body, depth, set),
+    "$fs": lambda body, depth: _dec_set(body, depth, frozenset),
+    "$b": _dec_bytes,
+    "$i": _dec_int,
+    "$f": _dec_float,
+    "$c": _dec_complex,
+}
+
+
+def decode_json(body: bytes) -> Any:
+    """A frame body's JSON; FrameError when it is not UTF-8 JSON or nests too deeply."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise FrameError(f"undecodable frame: {type(exc).__name__}") from None
 
 
 def pack(message: Any) -> bytes:
+    """One frame: the 4-byte big-endian length, then compact UTF-8 JSON."""
     body = json.dumps(message, separators=(",", ":")).encode("utf-8")
     return _HDR.pack(len(body)) + body
 
 
 def write_frame(fd: int, message: Any) -> None:
+    """Write one frame to a descriptor, all of it."""
     data = memoryview(pack(message))
     while data:
         n = os.write(fd, data)
@@ -126,8 +269,10 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame_from(read: Callable[[int], bytes], max_bytes: int = 256 << 20) -> Any:
-    """One frame from any byte source (`os.read` of a pipe, `sock.recv`); None at EOF."""
+def read_body_from(read: Callable[[int], bytes], max_bytes: int = 256 << 20) -> bytes | None:
+    """One frame's undecoded body from any byte source; None at EOF; FrameError when the
+    frame is torn or declares more than ``max_bytes`` (the stream cannot be resynchronised
+    after either)."""
     hdr = _read_exact(read, _HDR.size)
     if hdr is None:
         return None
@@ -137,7 +282,13 @@ def read_frame_from(read: Callable[[int], bytes], max_bytes: int = 256 << 20) ->
     body = _read_exact(read, size)
     if body is None:
         raise FrameError("truncated frame")
-    return json.loads(body)
+    return body
+
+
+def read_frame_from(read: Callable[[int], bytes], max_bytes: int = 256 << 20) -> Any:
+    """One frame from any byte source (`os.read` of a pipe, `sock.recv`); None at EOF."""
+    body = read_body_from(read, max_bytes)
+    return None if body is None else decode_json(body)
 
 
 def read_exact(fd: int, n: int) -> bytes | None:
@@ -173,10 +324,7 @@ class FrameBuffer:
                 break
             body = bytes(self.buf[_HDR.size : _HDR.size + size])
             del self.buf[: _HDR.size + size]
-            try:
-                out.append(json.loads(body))
-            except (ValueError, RecursionError) as exc:
-                raise FrameError(f"undecodable frame: {exc}") from None
+            out.append(decode_json(body))
         return out
 
     @property
@@ -213,4 +361,4 @@ class FrameReader:
             raise FrameError("truncated frame")
         body = bytes(self.buf[_HDR.size : _HDR.size + size])
         del self.buf[: _HDR.size + size]
-        return json.loads(body)
+        return decode_json(body)

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from grader_sandbox.compare import MAX_FLOAT_TOL
+
 STYLES = ("call", "stdio", "assert")
 STATUSES = (
     "passed",
@@ -26,6 +28,11 @@ DEFAULT_LIMITS: dict[str, float] = {"timeout_s": 5.0, "memory_mb": 512, "output_
 # Hard ceilings a request cannot exceed (a request asking for more is invalid).
 MAX_LIMITS: dict[str, float] = {"timeout_s": 120.0, "memory_mb": 16384, "output_bytes": 64 << 20}
 MAX_CODE_BYTES = 4 << 20
+MAX_TEST_CODE_BYTES = 16 << 20
+# The most digits an integer in a request may have: json (both ways) refuses more.
+MAX_INT_DIGITS = 4300
+_INT_CEIL = 10**MAX_INT_DIGITS
+MAX_JSON_DEPTH = 100
 
 
 class GraderError(Exception):
@@ -60,8 +67,28 @@ class Verdict:
         )
 
 
+def _rid_repr(rid: Any) -> str:
+    """A short, safe repr of a request id of any type (a hostile id must not break errors)."""
+    if isinstance(rid, str):
+        return repr(rid if len(rid) <= 80 else rid[:80] + "...")
+    if rid is None or isinstance(rid, (bool, float)):
+        return repr(rid)
+    if isinstance(rid, int):
+        return repr(rid) if -(10**20) < rid < 10**20 else "<a huge int>"
+    return f"<{type(rid).__name__}>"
+
+
 def _fail(rid: Any, field: str, why: str) -> GraderError:
-    return GraderError(f"invalid grader request id={rid!r}: field {field!r} {why}")
+    return GraderError(f"invalid grader request id={_rid_repr(rid)}: field {field!r} {why}")
+
+
+def _finite_number(value: Any) -> bool:
+    """An int or float (not a bool), finite; a huge int is checked without float overflow."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return -_INT_CEIL < value < _INT_CEIL
 
 
 def resolve_limits(
@@ -80,10 +107,14 @@ def resolve_limits(
             raise _fail(rid, f"limits.{key}", f"is unknown (known: {', '.join(DEFAULT_LIMITS)})")
         out[key] = value
     for key, value in out.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not _finite_number(value):
             raise _fail(rid, f"limits.{key}", "must be a finite number")
-        if value <= 0 or value > MAX_LIMITS[key]:
-            raise _fail(rid, f"limits.{key}", f"must be in (0, {MAX_LIMITS[key]:g}]")
+        # Compared as given: a huge int is out of range, never converted (no OverflowError).
+        if key == "timeout_s":
+            if not 0 < value <= MAX_LIMITS[key]:
+                raise _fail(rid, f"limits.{key}", f"must be in (0, {MAX_LIMITS[key]:g}]")
+        elif not 1 <= value <= MAX_LIMITS[key]:
+            raise _fail(rid, f"limits.{key}", f"must be in [1, {MAX_LIMITS[key]:g}]")
     out["memory_mb"] = int(out["memory_mb"])
     out["output_bytes"] = int(out["output_bytes"])
     out["timeout_s"] = float(out["timeout_s"])
@@ -91,12 +122,15 @@ def resolve_limits(
 
 
 def _is_json_plain(value: Any, depth: int = 0) -> bool:
-    if depth > 100:
+    """JSON data: null, bool, int (at most MAX_INT_DIGITS digits), float (NaN and the
+    infinities included, as Python's json reads them), str, list, object with string keys;
+    at most MAX_JSON_DEPTH levels."""
+    if depth > MAX_JSON_DEPTH:
         return False
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, str, float)):
         return True
-    if isinstance(value, float):
-        return True
+    if isinstance(value, int):
+        return -_INT_CEIL < value < _INT_CEIL
     if isinstance(value, list):
         return all(_is_json_plain(v, depth + 1) for v in value)
     if isinstance(value, dict):
@@ -107,8 +141,20 @@ def _is_json_plain(value: Any, depth: int = 0) -> bool:
 def validate_request(req: Any, defaults: dict[str, float] | None = None) -> dict[str, Any]:
     """Check one request's shape; return a normalised copy (limits resolved, compare filled).
 
-    Raises GraderError naming the request id and the offending field.
+    Raises GraderError naming the request id and the offending field, and nothing else,
+    whatever ``req`` is.
     """
+    try:
+        return _validate(req, defaults)
+    except GraderError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError, LookupError) as exc:
+        rid = req.get("id") if isinstance(req, dict) else None
+        raise GraderError(f"invalid grader request id={_rid_repr(rid)}: "
+                          f"{type(exc).__name__} while checking it") from None
+
+
+def _validate(req: Any, defaults: dict[str, float] | None) -> dict[str, Any]:
     if not isinstance(req, dict):
         raise GraderError(f"invalid grader request: expected an object, got {type(req).__name__}")
     rid = req.get("id")
@@ -164,15 +210,21 @@ def validate_request(req: Any, defaults: dict[str, float] | None = None) -> dict
         test_code = req.get("test_code")
         if not isinstance(test_code, str) or not test_code.strip():
             raise _fail(rid, "test_code", "must be a non-empty string (check(candidate) or asserts)")
+        if len(test_code.encode("utf-8", "surrogatepass")) > MAX_TEST_CODE_BYTES:
+            raise _fail(rid, "test_code", f"is larger than {MAX_TEST_CODE_BYTES} bytes")
         out["test_code"] = test_code
-    compare = req.get("compare") or {}
+    compare = req.get("compare")
+    if compare is None:
+        compare = {}
     if not isinstance(compare, dict):
         raise _fail(rid, "compare", "must be an object")
+    for key in compare:
+        if key != "float_tol":
+            raise _fail(rid, f"compare.{key}", "is unknown (known: float_tol)")
     tol = compare.get("float_tol")
-    if tol is not None and (
-        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0
-    ):
-        raise _fail(rid, "compare.float_tol", "must be a non-negative number or null")
+    if tol is not None and not (_finite_number(tol) and 0 <= tol <= MAX_FLOAT_TOL):
+        raise _fail(rid, "compare.float_tol",
+                    f"must be a finite number in [0, {MAX_FLOAT_TOL:g}] or null")
     out["compare"] = {"float_tol": None if tol is None else float(tol)}
     out["limits"] = resolve_limits(rid, req.get("limits"), defaults)
     return out

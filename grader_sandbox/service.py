@@ -7,25 +7,46 @@ length + UTF-8 JSON):
   {"op": "health"}                            -> {"ok": true, "workers": N, "isolation": ...}
   anything invalid                            -> {"ok": false, "error": "one line"}
 
-Batches from concurrent connections are graded one after another, each on all workers.
+Batches from concurrent connections are graded one after another, each on all workers. A frame
+may carry up to MAX_FRAME bytes; a frame that is not JSON (or nests too deeply, or holds an
+integer json refuses) gets an error reply and the connection stays usable; only a torn frame or
+one that declares more than MAX_FRAME bytes ends the connection (after an error reply).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
 import socketserver
 import stat
 import threading
+import time
 from typing import Any
 
-from grader_sandbox.codec import FrameError, pack, read_frame_from
+from grader_sandbox.codec import FrameError, decode_json, pack, read_body_from, read_frame_from
 from grader_sandbox.pool import GraderPool
 from grader_sandbox.schema import GraderError, Verdict, validate_request
 
 MAX_FRAME = 256 << 20
+LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (the kernel caps it)
+_MAX_ERROR = 500
+# connect() errors worth retrying: a full listen queue (EAGAIN on a socket with a timeout),
+# and, only within a client's timeout, a service that is still starting.
+_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK)
+_STARTING = (errno.ECONNREFUSED, errno.ENOENT)
+
+
+def one_line(text: str, limit: int = _MAX_ERROR) -> str:
+    """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _error(text: str) -> dict[str, Any]:
+    return {"ok": False, "error": one_line(text)}
 
 
 def _recv_frame(sock: socket.socket) -> Any:
@@ -40,16 +61,21 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         while True:
             try:
-                msg = _recv_frame(sock)
-            except (FrameError, ValueError, OSError) as exc:
+                body = read_body_from(sock.recv, MAX_FRAME)
+            except FrameError as exc:  # the stream is out of step: say why, then close
                 with contextlib.suppress(OSError):
-                    sock.sendall(pack({"ok": False, "error": f"bad frame: {exc}"}))
+                    sock.sendall(pack(_error(f"bad frame: {exc}")))
                 return
-            if msg is None:
+            except OSError:
                 return
-            reply = self.server.answer(msg)
+            if body is None:
+                return
             try:
-                sock.sendall(pack(reply))
+                data = pack(self.server.answer_body(body))
+            except Exception as exc:  # never drop a connection without a reply
+                data = pack(_error(f"grader service error: {type(exc).__name__}: {exc}"))
+            try:
+                sock.sendall(data)
             except OSError:
                 return
 
@@ -57,14 +83,25 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, path: str, pool: GraderPool) -> None:
         self.pool = pool
         super().__init__(path, _Handler)
 
+    def answer_body(self, body: bytes) -> dict[str, Any]:
+        """The reply to one frame's body, whatever it holds."""
+        try:
+            msg = decode_json(body)
+        except FrameError as exc:
+            return _error(f"bad request: {exc} (a frame must hold one JSON object, at most "
+                          f"{MAX_FRAME} bytes, nesting and integers within json's limits)")
+        return self.answer(msg)
+
     def answer(self, msg: Any) -> dict[str, Any]:
+        """The reply to one decoded message; an error reply (one line) for anything invalid."""
         if not isinstance(msg, dict):
-            return {"ok": False, "error": "message must be an object with 'op'"}
+            return _error("message must be an object with 'op'")
         op = msg.get("op")
         if op == "health":
             return self.pool.health()
@@ -72,9 +109,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             try:
                 verdicts = self.pool.grade(msg.get("requests"))  # type: ignore[arg-type]
             except GraderError as exc:
-                return {"ok": False, "error": str(exc)}
+                return _error(str(exc))
             return {"ok": True, "verdicts": [v.to_dict() for v in verdicts]}
-        return {"ok": False, "error": f"unknown op {op!r} (grade or health)"}
+        shown = repr(op) if isinstance(op, str) or op is None else f"<{type(op).__name__}>"
+        return _error(f"unknown op {shown} (grade or health)")
 
 
 def serve(socket_path: str, workers: int = 2, default_limits: dict[str, Any] | None = None,
@@ -129,6 +167,8 @@ class GraderClient:
     Requests are validated here too, so a malformed one raises GraderError before it is sent.
     """
 
+    CONNECT_WINDOW_S = 30.0
+
     def __init__(self, socket_path: str, timeout: float | None = None) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
@@ -136,19 +176,34 @@ class GraderClient:
         self._lock = threading.Lock()
 
     def _connect(self) -> socket.socket:
-        if self._sock is None:
+        """Connect, retrying while the service's listen queue is full (EAGAIN) and, with a
+        timeout, while it is still starting (no socket yet, or not listening yet), until the
+        timeout (CONNECT_WINDOW_S for a full queue without one)."""
+        if self._sock is not None:
+            return self._sock
+        window = self.timeout if self.timeout is not None else self.CONNECT_WINDOW_S
+        deadline = time.monotonic() + window
+        delay = 0.002
+        while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
             try:
                 sock.connect(self.socket_path)
             except OSError as exc:
                 sock.close()
+                retry = exc.errno in _BUSY or (self.timeout is not None
+                                               and exc.errno in _STARTING)
+                if retry and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                    continue
+                why = exc.strerror or type(exc).__name__
                 raise GraderError(
-                    f"cannot reach the grader service at {self.socket_path} ({exc.strerror}); "
+                    f"cannot reach the grader service at {self.socket_path} ({why}); "
                     "start it with `python -m grader_sandbox serve --socket PATH`"
                 ) from None
             self._sock = sock
-        return self._sock
+            return sock
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

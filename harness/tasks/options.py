@@ -46,8 +46,8 @@ class DatasetOptions(BaseModel):
         "tests that do not fit are left out (counted in the task's meta); a problem left "
         "with none is dropped as `tests_too_large`.")
     float_tol: float | None = Field(
-        None, ge=0, description="Relative tolerance for float results and output tokens "
-        "(grader `compare.float_tol`); null compares exactly.")
+        None, ge=0, le=1, description="Relative tolerance for float results and output tokens "
+        "(grader `compare.float_tol`, at most 1); null compares exactly.")
 
     @field_validator("difficulty")
     @classmethod

@@ -37,8 +37,20 @@ def image(docker_images: dict[str, str]) -> str:
 def test_container_sandbox_starts_with_the_documented_flags(image: str) -> None:
     out = _docker("run", *RUN_FLAGS, image, "check", timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"isolation": "container", "sandbox_uid": None,
-                                      "benign": "passed", "fork": "violation"}
+    got = json.loads(out.stdout)
+    assert (got["isolation"], got["benign"], got["fork"]) == ("container", "passed", "violation")
+    # the same layers as outside a container: a user namespace, the view, PID namespaces
+    assert "user namespace" in got["layers"]["worker"]
+    assert "no /proc" in got["layers"]["filesystem"]
+    assert "PID namespace" in got["layers"]["processes"]
+
+
+def test_container_refuses_to_start_under_dockers_default_seccomp_profile(image: str) -> None:
+    at = RUN_FLAGS.index(f"seccomp={ROOT / 'containers/grader/seccomp.json'}")
+    flags = RUN_FLAGS[:at - 1] + RUN_FLAGS[at + 1:]  # without --security-opt seccomp=...
+    out = _docker("run", *flags, image, "check", timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "seccomp=containers/grader/seccomp.json" in out.stderr
 
 
 def test_container_refuses_to_start_without_a_read_only_root(image: str) -> None:
