@@ -6,7 +6,25 @@ grader_sandbox serve --socket PATH`` and ``GraderClient(PATH).grade(requests)``.
 
 from grader_sandbox.schema import DEFAULT_LIMITS, GraderError, Verdict
 
-__all__ = ["DEFAULT_LIMITS", "GraderClient", "GraderError", "GraderPool", "Verdict"]
+# The grading behaviour's version: bump it with any change that can turn a verdict (the
+# comparison rules, the isolation a program meets, the limits' meaning). Callers put it in
+# the identity of what they grade (the harness: every cell's `versions`), so a change of
+# grader is a change of identity. 2: comparison table, per-sample PID namespaces and view.
+GRADER_VERSION = "2"
+
+__all__ = ["DEFAULT_LIMITS", "GRADER_VERSION", "GraderClient", "GraderError", "GraderPool",
+           "Verdict", "source_digest"]
+
+
+def source_digest() -> str:
+    """sha256 of the grader's own source files (for provenance next to GRADER_VERSION)."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def __getattr__(name: str) -> object:

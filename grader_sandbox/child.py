@@ -442,7 +442,7 @@ def run_judge_server(ctl_fd: int) -> NoReturn:
     pipes become descriptors 4 and 5 for the job and are closed after it, so the program child
     sees EOF when the tests are done. The judge never runs program code and imports nothing on
     a program's behalf (`_judge_namespace`), so no sample can change it; it lives in the
-    samples' view, in PID, mount and IPC namespaces of its own, under its own uid. The worker
+    samples' view, in a PID namespace of its own, under its own uid. The worker
     still replaces it after any sample that timed out or ended abnormally, and every
     `_JUDGE_MAX_JOBS` samples.
     """

@@ -97,10 +97,6 @@ _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE, _MNT_DETACH = 0x2, 0x4, 0x4000, 1 <
 _CLONE_NEWNS = 0x00020000
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 WORKDIR = "/work"
-# Each sample's /work: a fresh tmpfs in its own mount namespace, so whatever it leaves there
-# (a deep tree, 60,000 files) is freed by the kernel when the sample ends, outside any
-# sample's clock and without a walk; bounded in bytes and in files.
-WORK_TMPFS = "size=64m,nr_inodes=4096,mode=0700"
 
 
 def enter_view(view: str) -> None:
@@ -113,13 +109,6 @@ def enter_view(view: str) -> None:
     check(_libc.syscall(nr, b".", b"."), f"pivot_root({view})")
     check(_libc.umount2(b".", _MNT_DETACH), "detach the old root")
     os.chdir("/")
-
-
-def mount_work(uid: int | None) -> None:
-    """A fresh tmpfs on /work owned by ``uid``; the caller is in a new mount namespace."""
-    opts = WORK_TMPFS + ("" if uid is None else f",uid={uid},gid={uid}")
-    check(_libc.mount(b"work", WORKDIR.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                      opts.encode()), "mount the sample's /work tmpfs")
 
 
 def arrange_fds(layout: list[int]) -> None:

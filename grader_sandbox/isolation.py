@@ -12,11 +12,11 @@ Layers, outermost first (grader_sandbox/README.md, "Isolation", says what each o
    libraries, ``/etc/ld.so.cache``, five device nodes) and an empty ``/work``. No ``/proc``,
    no ``/sys``, no ``/tmp``, no home, no datasets, no request files. The template process
    pivots into it; every program child and judge lives in it.
-3. Every sample runs in a child forked from the template with its own PID, mount and IPC
-   namespaces (it is process 1 and sees no other process), a fresh tmpfs on ``/work`` (its
-   only writable place, freed by the kernel when the sample ends), a fresh uid as root
-   (from a block of uids locked for this worker on this machine, so it matches no other
-   process) and the confinement of confine.py, seccomp last.
+3. Every sample runs in a child forked from the template into its own PID namespace (it is
+   process 1 and sees no other process), works in ``/work`` (a small tmpfs, its only writable
+   place, which the worker empties after it), takes a fresh uid as root (from a block of
+   uids locked for this worker on this machine, so it matches no other process) and the
+   confinement of confine.py, seccomp last.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ UID_BLOCK_SIZE = 1 << 16
 UID_BLOCKS = 4096
 UID_LOCK_DIR = os.environ.get("GRADER_SANDBOX_UID_LOCK_DIR", "/run/grader-sandbox")
 SCRATCH_TMPFS_OPTS = "size=16m,nr_inodes=4096,mode=0755"
+# The samples' /work: one tmpfs per worker, bounded in bytes and in files; the worker empties
+# it after each sample (`empty_dir`), before the next sample's clock starts.
+WORK_TMPFS_OPTS = "size=64m,nr_inodes=4096,mode=0700"
 DEVICES = ("null", "zero", "full", "random", "urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -110,9 +113,9 @@ def layers(iso: WorkerIsolation) -> dict[str, str]:
         "filesystem": "a read-only view: the standard library (no site-packages), system "
                       "libraries, ld.so.cache, /dev/{" + ",".join(DEVICES) + "}; no /proc, "
                       "/sys, /tmp, home or datasets",
-        "processes": "each child process 1 of its own PID namespace, with its own mount and "
-                     "IPC namespaces",
-        "files": "a fresh tmpfs on /work per sample (64 MiB, 4096 files), freed by the kernel",
+        "processes": "each child process 1 of its own PID namespace",
+        "files": "/work: a tmpfs of 64 MiB and 4096 files, emptied by the worker after each "
+                 "sample (no recursion), before the next sample's clock",
         "uid": uid,
         "limits": "rlimits (CPU, address space, file size, 64 files, no core), no_new_privs, "
                   "not dumpable, parent-death signal",
@@ -219,7 +222,52 @@ def build_view(scratch: str) -> str:
     os.mkdir(view + "/work", 0o755)
     os.symlink("/work", view + "/tmp")
     _make_readonly(view)
+    # the samples' only writable place, mounted after the rest was made read-only
+    _check(_libc.mount(b"grader-work", (view + "/work").encode(), b"tmpfs",
+                       MS_NOSUID | MS_NODEV, WORK_TMPFS_OPTS.encode()), "mount the work tmpfs")
     return view
+
+
+def empty_dir(path: str) -> int:
+    """Remove everything under ``path`` (kept itself), without recursion and without
+    following links: non-empty directories are flattened (their entries renamed up into
+    ``path``) until nothing is left, so a tree of any depth costs one rename or unlink per
+    entry. Returns the number of entries removed."""
+    top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    removed = moved = 0
+    tag = os.urandom(4).hex()
+    try:
+        while True:
+            names = os.listdir(top)
+            if not names:
+                return removed
+            for name in names:
+                try:
+                    os.unlink(name, dir_fd=top)
+                    removed += 1
+                    continue
+                except IsADirectoryError:
+                    pass
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.rmdir(name, dir_fd=top)
+                    removed += 1
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.ENOTEMPTY:
+                        raise
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=top)
+                try:
+                    os.fchmod(sub, 0o700)  # a directory the sample made unreadable
+                    for child in os.listdir(sub):
+                        moved += 1
+                        os.rename(child, f".{tag}-{moved}", src_dir_fd=sub, dst_dir_fd=top)
+                finally:
+                    os.close(sub)
+    finally:
+        os.close(top)
 
 
 def _make_readonly(path: str) -> None:
@@ -357,11 +405,11 @@ def _export(flt: Any) -> BpfProgram:
 
 
 # What the template process needs beyond a program's allow-list: its socket to the worker,
-# forking and reaping, and the calls a new child makes while confining itself (mounting its
-# /work tmpfs, changing uid, dropping capabilities). The delta filter each child adds takes
+# forking and reaping, and the calls a new child makes while confining itself (changing uid,
+# dropping capabilities). The delta filter each child adds takes
 # exactly these away again.
 _SOCKET_IO = ("sendto", "recvfrom", "sendmsg", "recvmsg", "getsockopt", "getsockname")
-_TEMPLATE_EXTRA_KILL = (*_SOCKET_IO, "mount")
+_TEMPLATE_EXTRA_KILL = _SOCKET_IO
 _TEMPLATE_EXTRA_EPERM = ("wait4", "waitid", "setsid", "setgroups", "setresgid", "setresuid",
                          "prctl", "capset", "seccomp")
 

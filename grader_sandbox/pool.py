@@ -29,6 +29,7 @@ _IN_FLIGHT = 2
 _START_TIMEOUT_S = 60.0
 # A worker that has not answered this long after a sample's own limit is presumed wedged.
 _WATCHDOG_GRACE_S = 30.0
+INJECT_ENV = "GRADER_SANDBOX_INJECT_SETUP_FAILURES"  # worker.INJECT_ENV: passed on to workers
 
 
 class _WorkerHandle:
@@ -45,6 +46,8 @@ class _WorkerHandle:
         if isolation:
             cmd += ["--isolation", isolation]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        if os.environ.get(INJECT_ENV):  # fault injection for tests (worker.py)
+            env[INJECT_ENV] = os.environ[INJECT_ENV]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
             close_fds=True, start_new_session=True,

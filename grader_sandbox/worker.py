@@ -51,6 +51,7 @@ from grader_sandbox.isolation import (
     WorkerIsolation,
     build_seccomp_filters,
     describe_signal,
+    empty_dir,
     layers,
     setup_worker,
 )
@@ -64,6 +65,20 @@ SETUP_FAILED_CODES = (70, 71)
 _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
               "HOME": "/work", "TMPDIR": "/work"}
 _libc = ctypes.CDLL(None, use_errno=True)
+# Fault injection, for testing what callers do when the sandbox fails (not a limit): this
+# share of samples, chosen by a hash of the request (so a retry fails again), have their
+# program child end as a failed sandbox set-up would (verdict crashed / SandboxSetupFailed).
+INJECT_ENV = "GRADER_SANDBOX_INJECT_SETUP_FAILURES"
+_INJECT_SHARE = float(os.environ.get(INJECT_ENV) or 0.0)
+
+
+def _injected(req: dict[str, Any]) -> bool:
+    if _INJECT_SHARE <= 0:
+        return False
+    import hashlib
+
+    digest = hashlib.sha256(f"{req['id']}\0{req['code']}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < _INJECT_SHARE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +205,10 @@ class Worker:
         self.template = self._start_template()
         self.template_pid = self.template.pid
         self.judge: _Judge | None = None
+        self.inject = False  # INJECT_ENV applies once the start-up self-test has passed
+        self.work = os.path.join(iso.view, "work")  # the samples' /work, as the worker sees it
+        self._uid_n = 0
+        self._dirty = False
         # Children we SIGKILLed once their results were in (or that ended on their own): their
         # exit reports are collected before the next sample starts, off every sample's clock.
         self._pending: list[_Proc] = []
@@ -211,8 +230,7 @@ class Worker:
             fd = os.memfd_create("bpf", os.MFD_CLOEXEC)
             os.write(fd, prog.code)
             bpfs.append(fd)
-        config = {"uid_base": self.iso.uid_base, "uid_count": self.iso.uid_count,
-                  "drop_caps": self.iso.drop_caps, "env": _CHILD_ENV, "preload": PRELOAD,
+        config = {"uid_base": self.iso.uid_base, "drop_caps": self.iso.drop_caps, "env": _CHILD_ENV, "preload": PRELOAD,
                   "view": self.iso.view}
         socket.send_fds(self.sock, [json.dumps(config).encode()], bpfs)
         for fd in bpfs:
@@ -245,11 +263,24 @@ class Worker:
         return self.judge
 
     def settle(self) -> None:
-        """Collect the exit reports of the previous sample's children."""
+        """Collect the exit reports of the previous sample's children, then empty /work
+        (every process that could write there is gone: each child was process 1 of its PID
+        namespace). Runs before the next sample's clock starts."""
         while self._pending:
             proc = self._pending.pop()
             proc.reap()
             proc.close()
+        if self._dirty:
+            self._dirty = False
+            if os.listdir(self.work):
+                empty_dir(self.work)
+
+    def _next_uid(self) -> int | None:
+        """A program child's uid: the next of this worker's block (its first is the judge's)."""
+        if self.iso.uid_base is None:
+            return None
+        self._uid_n = self._uid_n % (self.iso.uid_count - 1) + 1
+        return self.iso.uid_base + self._uid_n
 
     @staticmethod
     def _public_spec(req: dict[str, Any]) -> dict[str, Any]:
@@ -304,8 +335,15 @@ class Worker:
         if style == "assert":
             call_r, call_w = run.pipe()  # judge -> program
             reply_r, reply_w = run.pipe()  # program -> judge
-        spec = json.dumps(self._public_spec(req)).encode()
-        run.prog = self._fork_child({"role": "program"}, spec,
+        public = self._public_spec(req)
+        if self.inject and _injected(req):
+            public["fail_setup"] = True
+        spec = json.dumps(public).encode()
+        uid = self._next_uid()
+        if uid is not None:
+            os.chown(self.work, uid, uid)
+        self._dirty = True
+        run.prog = self._fork_child({"role": "program", "uid": uid}, spec,
                                     [self.devnull, con_w, con_w, res_w, call_r, reply_w])
         run.close(con_w, res_w)
         if style == "assert":
@@ -572,6 +610,7 @@ def _start(args: argparse.Namespace) -> tuple[Worker, dict[str, Any]]:
             f"child must be able to import the standard library from "
             f"{sysconfig.get_paths()['stdlib']}; make the Python installation world-readable"
         )
+    worker.inject = True
     return worker, {"mode": iso.mode, "uid_base": iso.uid_base, "uid_count": iso.uid_count,
                     "scratch": iso.scratch, "pid": os.getpid(),
                     "template_pid": worker.template_pid, "python": sys.version.split()[0],
