@@ -167,7 +167,7 @@ def components() -> None:
     for reg in (METHODS, CONTROLLERS, TASK_SOURCES):
         out.print(f"{reg.kind}s: {', '.join(reg.names())}", markup=False)
     from harness.distributed import available
-    from harness.policy.rollout import ROLLOUT_BACKENDS
+    from harness.policy.backends import ROLLOUT_BACKENDS
 
     out.print(f"rollout backends: {', '.join(ROLLOUT_BACKENDS)}", markup=False)
     out.print(f"distributed configurations: none, {', '.join(available())}", markup=False)

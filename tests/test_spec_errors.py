@@ -97,12 +97,19 @@ def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     return p
 
 
-def test_good_spec_is_valid(tmp_path: Path) -> None:
-    load_spec(str(_write(tmp_path, GOOD)))
-
-
-def test_table_has_at_least_30_cases() -> None:
-    assert len(BROKEN) >= 30
+def test_good_spec_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # every BROKEN case is GOOD with one thing broken: GOOD itself must load as written
+    path = _write(tmp_path, GOOD)
+    spec, where = load_spec(str(path))
+    assert where == path
+    assert (spec.name, spec.version, spec.seeds) == ("t", 1, [0, 1])
+    assert [m.id for m in spec.models] == ["tiny"]
+    assert [m.name for m in spec.methods] == ["reinforce"]
+    assert [c.name for c in spec.controllers] == ["naive"]
+    assert (spec.chain.campaigns, spec.chain.steps) == (2, 3)
+    assert main(["validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and f"ok {path}: t@1, 2 cells" in captured.out
 
 
 @pytest.mark.parametrize(("text", "needles", "line"), [b[1:] for b in BROKEN],
@@ -112,6 +119,9 @@ def test_broken_spec_exits_2_with_one_clear_line(
     line: int | None,
 ) -> None:
     path = _write(tmp_path, text)
+    with pytest.raises(SpecError) as raised:  # a SpecError, not another UserError or a bug
+        load_spec(str(path))
+    assert raised.value.problems
     assert main(["validate", str(path)]) == 2
     captured = capsys.readouterr()
     lines = [ln for ln in captured.err.splitlines() if ln.strip()]

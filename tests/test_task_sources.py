@@ -370,13 +370,11 @@ def _wrong(task: Task) -> str:
 
 @pytest.fixture(scope="module")
 def pool():
-    pool_mod = pytest.importorskip("grader_sandbox.pool")
-    try:
-        p = pool_mod.GraderPool(workers=2)
-    except Exception as e:  # no sandbox on this machine
-        pytest.skip(f"grader pool cannot start here: {e}")
-    yield p
-    p.close()
+    # a grader that cannot start fails the tests that need it, never skips them
+    from grader_sandbox.pool import GraderPool
+
+    with GraderPool(workers=2) as p:
+        yield p
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from harness.errors import UserError
+from harness.procutil import die_with_parent
 
 RANK_ENV = "HARNESS_RANK"          # set by `launch` in each rank's environment
 RANK_LOG = "rank{rank}.log"        # ranks other than 0 write their output here, in the cell dir
@@ -78,8 +79,6 @@ def launch(argv: list[str], world: int, cell_dir: Path) -> int:
     first. Returns the exit status (0 when every rank finished)."""
     import signal
 
-    from harness.executors.local import _die_with_parent
-
     if torch.cuda.is_available() and torch.cuda.device_count() < world:
         raise UserError(f"resources.gpus_per_cell is {world} but this machine has "
                         f"{torch.cuda.device_count()} GPUs: run the cell where it has {world}, "
@@ -93,12 +92,12 @@ def launch(argv: list[str], world: int, cell_dir: Path) -> int:
     for rank in range(world):
         env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), RANK_ENV: str(rank)}
         if rank == 0:
-            procs.append(subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent))
+            procs.append(subprocess.Popen(argv, env=env, preexec_fn=die_with_parent))
             continue
         log = open(cell_dir / RANK_LOG.format(rank=rank), "wb")  # noqa: SIM115
         logs.append(log)
         procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      preexec_fn=_die_with_parent))
+                                      preexec_fn=die_with_parent))
 
     def stop(signum: int, frame: Any) -> None:  # the executor stops the cell: stop its ranks
         for p in procs:

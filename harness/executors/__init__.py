@@ -13,33 +13,13 @@ registered in ``EXECUTORS``; `harness bench --executor NAME` picks one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from harness.errors import UserError
+from harness.executors.base import Executor, ExecutorOptions, OnEvent
 
-OnEvent = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class ExecutorOptions:
-    """What an executor may need beyond the cells: the run directory, the spec's resource
-    requests, and executor-specific settings from the command line."""
-
-    run_dir: Path
-    gpus_per_cell: float = 0.0
-    cpus_per_cell: float = 1.0
-    address: str | None = None          # ray: cluster address (None: start a local one)
-    trainer_image: str | None = None    # docker: trainer image (tag or digest)
-    grader_image: str | None = None     # docker: grader image (tag or digest)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Executor(Protocol):
-    def __call__(self, cells: dict[str, Path], jobs: int, on_event: OnEvent,
-                 options: ExecutorOptions) -> dict[str, int]: ...
+__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "OnEvent", "describe", "get_executor"]
 
 
 def _local(cells: dict[str, Path], jobs: int, on_event: OnEvent,

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.executors import ExecutorOptions, OnEvent
+from harness.executors.base import ExecutorOptions, OnEvent
 from harness.executors.local import CellProcess, run_local
 
 DEFAULT_TRAINER_IMAGE = "harness-trainer:latest"

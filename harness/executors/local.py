@@ -7,8 +7,6 @@ from each cell's trace (the source of truth), so it needs no channel of its own.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -20,12 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child before exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from harness.procutil import die_with_parent
 
 
 @dataclass
@@ -110,7 +103,7 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                 argv = command(cp) if command else cell_command(cp.cell_dir)
                 cp.proc = subprocess.Popen(argv, stdout=log,
                                            stderr=subprocess.STDOUT, env=env,
-                                           preexec_fn=_die_with_parent)
+                                           preexec_fn=die_with_parent)
                 log.close()
                 # progress starts after the records a resumed cell already has
                 _poll_trace(cp)

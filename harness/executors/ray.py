@@ -34,15 +34,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harness.errors import UserError
-from harness.executors import ExecutorOptions, OnEvent
+from harness.executors.base import ExecutorOptions, OnEvent
 from harness.executors.local import (
     CellProcess,
-    _die_with_parent,
     _forward,
     _poll_trace,
     cell_command,
     last_error,
 )
+from harness.procutil import die_with_parent
 
 MAX_ATTEMPTS = 3           # tries of a cell whose Ray worker or node is lost
 CONNECT_TIMEOUT_S = 10.0   # reaching the cluster's address before ray.init (which would hang)
@@ -105,7 +105,7 @@ def run_cell_task(cell_dir: str, env: dict[str, str], cwd: str, attempt: int) ->
     with log:
         proc = subprocess.Popen(cell_command(cell), stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env, cwd=cwd if os.path.isdir(cwd) else cell,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     try:
         return proc.wait()
     finally:

@@ -1,5 +1,6 @@
 """Policies: loading (tiny / local / hub), rollouts, and code extraction."""
 
+from harness.policy.backends import make_backend
 from harness.policy.extract import extract_code, strip_prose, truncate_at_stops
 from harness.policy.loading import Policy, enable_activation_checkpointing, load_policy
 from harness.policy.prompting import (
@@ -14,7 +15,6 @@ from harness.policy.rollout import (
     RolloutBackend,
     Rollouts,
     encode_prompt,
-    make_backend,
 )
 from harness.policy.tiny import default_cache_dir, ensure_tiny, recipe_hash
 

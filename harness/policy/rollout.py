@@ -2,14 +2,13 @@
 
 `HFGenerateBackend` (`hf`, default) batches every sample into one `model.generate` call
 (left-padded prompts, KV cache). `VLLMBackend` (`vllm`, `harness.policy.vllm_backend`) samples
-with a colocated vLLM engine when vLLM and a GPU are there; `make_backend` picks one.
+with a colocated vLLM engine when vLLM and a GPU are there; `LeanBackend` (`lean`,
+`harness.policy.lean`) is the lean sampler. `harness.policy.backends.make_backend` picks one.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -81,7 +80,7 @@ class RolloutBackend(Protocol):
     def generate(self, policy: Policy, prompts: list[str], n: int, temperature: float,
                  top_p: float, max_new_tokens: int, seed: int) -> Rollouts:
         """n samples per prompt (prompt-major); temperature 0 = greedy; reproducible
-        from `seed`. `prompts` are final texts (already through `policy.format_prompt`)."""
+        from `seed`. `prompts` are final texts (already through `harness.policy.render_prompt`)."""
         ...
 
 
@@ -139,37 +138,3 @@ class HFGenerateBackend:
 def _cut_at_eos(row: list[int], eos_id: int) -> list[int]:
     """Tokens up to and including the first eos (the rest is padding)."""
     return row[: row.index(eos_id) + 1] if eos_id in row else row
-
-
-ROLLOUT_BACKENDS = ("hf", "lean", "vllm")
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def make_backend(name: str, policy: Policy | None = None,
-                 warn: Callable[[str], None] | None = None) -> RolloutBackend:
-    """The backend named by `RolloutSpec.backend`: `hf`, or `vllm` when vLLM is installed and
-    the policy is on a CUDA GPU. Otherwise `vllm` falls back to `hf` and says so in one
-    `warning:` line (`warn`, default stderr: the cell's log.txt); the rollouts are then
-    exactly those of a cell with backend hf."""
-    from harness.errors import UserError
-
-    if name == "hf":
-        return HFGenerateBackend()
-    if name == "lean":
-        from harness.policy.lean import LeanBackend
-
-        return LeanBackend()
-    if name == "vllm":
-        from harness.policy.vllm_backend import VLLMBackend, vllm_unavailable
-
-        why = vllm_unavailable(policy)
-        if why is None:
-            return VLLMBackend()
-        (warn or _stderr)(f"warning: rollout backend vllm falls back to hf (transformers "
-                          f"generate): {why}")
-        return HFGenerateBackend()
-    raise UserError(f"rollout backend {name!r} is not available; use backend: "
-                    + ", ".join(ROLLOUT_BACKENDS[:-1]) + " or " + ROLLOUT_BACKENDS[-1])
