@@ -121,6 +121,18 @@ def _mean(xs: list[Any]) -> float | None:
 ORACLE_CONTROLLERS = {"trace": "trace_oracle", "hindsight": "hindsight_oracle"}
 
 
+def _arm_verdicts(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verdict kinds of an arm's train and eval samples, summed over its cells' chains."""
+    from harness.runner.verdicts import add_counts
+
+    out: dict[str, Any] = {"train": None, "eval": None}
+    for a in aggregates:
+        for part, counts in (a.get("verdicts") or {}).items():
+            if counts:
+                out[part] = add_counts(out[part], counts)
+    return out
+
+
 def arm_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The `arms` rows of results.json from its per-cell entries (README "Results").
 
@@ -154,7 +166,8 @@ def arm_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "mean_gap": _mean([a.get("mean_gap") for a in agg]),
                      "collapsed_campaigns": sum(a.get("collapsed_campaigns") or 0 for a in agg),
                      "signature_campaigns": sum(a.get("signature_campaigns") or 0 for a in agg),
-                     "campaigns": sum(len(c.get("campaigns") or []) for c in done)})
+                     "campaigns": sum(len(c.get("campaigns") or []) for c in done),
+                     "verdicts": _arm_verdicts(agg)})
         if key not in naive:
             continue
         for kind, label in ORACLE_CONTROLLERS.items():

@@ -148,32 +148,12 @@ def load_run(run_dir: Path) -> RunData:
 
 
 # --------------------------------------------------------------------------- statistics
-def mean_ci(values: Sequence[float], level: float = 0.95, n_resamples: int = 10_000,
-            seed: int = 0) -> tuple[float, float, float] | None:
-    """(mean, low, high): a seeded percentile bootstrap CI of the mean over seeds. With one
-    value the interval is that value; None when there are no values."""
-    import numpy as np
-
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    if x.size == 0:
-        return None
-    m = float(x.mean())
-    if x.size == 1:
-        return m, m, m
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return m, float(lo), float(hi)
-
-
 def _ci(values: Sequence[float]) -> tuple[float, float, float] | None:
     """(mean, low, high) by the project's bootstrap (`harness.stats.bootstrap_ci`: seeded
-    percentile bootstrap of the mean) when it is there, else by `mean_ci`."""
+    percentile bootstrap of the mean); None without values."""
+    from harness.stats import bootstrap_ci
+
     vals = [float(v) for v in values if v is not None]
-    try:
-        from harness.stats import bootstrap_ci
-    except ImportError:
-        return mean_ci(vals)
     if not vals:
         return None
     import numpy as np
@@ -311,12 +291,12 @@ def _seed_colours(run: RunData) -> dict[int, Any]:
     return dict(zip(seeds, _colours(len(seeds)), strict=True))
 
 
-def _label_outer(axes: Sequence[Any]) -> None:
+def _label_outer(axes: Sequence[Any], ylabel: str = "eval pass@1") -> None:
     for ax in axes:
         if ax.get_subplotspec().is_last_row():
             ax.set_xlabel("global step")
         if ax.get_subplotspec().is_first_col():
-            ax.set_ylabel("eval pass@1")
+            ax.set_ylabel(ylabel)
 
 
 BOUNDARY_NOTE = ("vertical lines mark campaign starts (dashed grey when all seeds of an arm "
@@ -362,6 +342,79 @@ def fig_mean_curves(run: RunData) -> tuple[Figure, str] | None:
                "over seeds (at each global step, over the seeds that reached it); "
                + BOUNDARY_NOTE + ". A campaign boundary holds two points (end of one campaign, "
                "start of the next): a vertical jump there is carryover, e.g. a rollback.")
+    return fig, caption
+
+
+# verdict kinds in plotting order (runner/verdicts.py), each with a fixed colour
+KIND_COLOURS = {"passed": "#2ca02c", "wrong_answer": "#ff7f0e", "syntax_error": "#d62728",
+                "runtime_error": "#9467bd", "timeout": "#8c564b", "memory": "#e377c2",
+                "output_limit": "#bcbd22", "violation": "#000000", "no_code": "#7f7f7f",
+                "truncated": "#17becf", "infra": "#c7c7c7"}
+
+
+def verdict_shares(cells: Sequence[Any], part: str = "eval"
+                   ) -> tuple[list[float], dict[str, list[float]]]:
+    """(global steps, {kind: share of the samples}) of `part` ("eval" or "train") summed over
+    the cells' seeds; at a campaign boundary the later record (the next campaign's start)
+    stands for the step. Kinds never seen are left out."""
+    from harness.runner.verdicts import KINDS
+
+    totals: dict[float, dict[str, int]] = {}
+    for c in cells:
+        last: dict[float, dict[str, Any]] = {}
+        for st in c.steps:
+            counts = (st.get("verdicts") or {}).get(part)
+            if counts:
+                last[float(st["global_step"])] = counts
+        for x, counts in last.items():
+            t = totals.setdefault(x, dict.fromkeys(KINDS, 0))
+            for k in KINDS:
+                t[k] += int(counts.get(k, 0))
+    xs = sorted(totals)
+    shares: dict[str, list[float]] = {}
+    for k in KINDS:
+        col = [totals[x][k] / max(sum(totals[x].values()), 1) for x in xs]
+        if any(col):
+            shares[k] = col
+    return xs, shares
+
+
+def fig_verdict_kinds(run: RunData) -> tuple[Figure, str] | None:
+    """Per arm: the share of eval samples of each verdict kind against global step (stacked,
+    all seeds pooled), with the arm's mean eval pass@1 over it."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    keys = [k for k in run.arm_keys() if verdict_shares(run.arm_cells(k))[0]]
+    if not keys:
+        return None
+    fig, axes = _grid(len(keys))
+    seen: set[str] = set()
+    for ax, key in zip(axes, keys, strict=True):
+        cells = run.arm_cells(key)
+        xs, shares = verdict_shares(cells)
+        ax.stackplot(xs, *shares.values(), colors=[KIND_COLOURS[k] for k in shares],
+                     alpha=0.85, lw=0)
+        seen.update(shares)
+        x, m, _, _, _ = mean_band([seed_curve(c.steps) for c in cells])
+        ax.plot(x, m, color="white", lw=2.6)
+        ax.plot(x, m, color="black", lw=1.2)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(min(xs), max(xs))
+        ax.set_title(f"{run.label(key)}  ({len(cells)} seed{'s' * (len(cells) != 1)})",
+                     fontsize=10)
+    _label_outer(axes, "share of eval samples")
+    handles: list[Any] = [Patch(color=KIND_COLOURS[k], label=k.replace("_", " "))
+                          for k in KIND_COLOURS if k in seen]
+    handles.append(Line2D([], [], color="black", lw=1.2, label="mean eval pass@1"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=_legend_cols(fig, handles),
+               fontsize=8, frameon=False)
+    caption = ("What the eval samples were, per arm, against global step: the share of each "
+               "verdict kind (all seeds pooled; stacked, so the bands add up to 1), with the "
+               "mean eval pass@1 over it. When pass@1 falls, the band that grows is what the "
+               "policy collapsed into: wrong answers (it still writes code that runs), syntax "
+               "errors or truncated completions (it stopped writing code), timeouts. `infra` "
+               "samples (the grader failed) are not in pass@1.")
     return fig, caption
 
 
@@ -636,12 +689,9 @@ def comparison_rows(run: RunData) -> tuple[list[dict[str, Any]] | None, str]:
     rows = run.results.get("comparisons")
     if rows is not None:
         return list(rows), "results.json"
-    try:
-        from harness.compare import evaluate_comparisons
-    except ImportError:
-        return None, "no comparisons evaluated (this harness has no comparison module)"
     from pydantic import ValidationError
 
+    from harness.compare import evaluate_comparisons
     from harness.spec import Spec
 
     if not run.spec:
@@ -826,6 +876,9 @@ def build_report(run: RunData) -> tuple[Doc, dict[str, bytes]]:
     add_figure("mean_curves", fig_mean_curves(run), "No step records in any trace.")
     doc.h("Eval pass@1 per seed")
     add_figure("seed_curves", fig_seed_curves(run), "No step records in any trace.")
+    doc.h("What the samples were: verdict kinds over the chain")
+    add_figure("verdict_kinds", fig_verdict_kinds(run),
+               "No verdict kinds in the traces (written before they were recorded).")
 
     doc.h("End-of-chain pass@1")
     rows = end_rows(run)

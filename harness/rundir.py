@@ -98,6 +98,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _grader_identity() -> dict[str, Any]:
+    """The grader behind every verdict of the run: its version (part of each cell's identity)
+    and its source digest; in a container, the executor records the image digest."""
+    import grader_sandbox
+
+    return {"version": grader_sandbox.GRADER_VERSION,
+            "source_sha256": grader_sandbox.source_digest()}
+
+
 def environment() -> dict[str, Any]:
     """What is needed to reproduce a run: versions, commit, hardware."""
     versions = {}
@@ -115,6 +124,7 @@ def environment() -> dict[str, Any]:
         "cpu": {"model": _cpu_model(), "count": os.cpu_count()},
         "gpu": None,
         "cuda": None,
+        "grader": _grader_identity(),
     }
     if "torch" in sys.modules or "torch" in versions:
         import torch

@@ -212,3 +212,25 @@ def test_report_of_a_real_run(first_run: Path, tmp_path: Path) -> None:
     for needle in ("tiny-smoke", "trace_oracle of naive", "hindsight_oracle of naive",
                    "mean lead time", "reinforce/naive"):
         assert needle in text, needle
+
+
+def test_every_step_records_the_verdict_kinds_of_its_samples(first_run: Path) -> None:
+    from harness.runner.verdicts import KINDS
+
+    (cell,) = _cell_dirs(first_run)
+    steps = [r for r in read_trace(cell / "trace.jsonl") if r["type"] == "step"]
+    assert steps
+    for s in steps:
+        ev = s["verdicts"]["eval"]
+        assert sum(ev[k] for k in KINDS) == s["eval_samples"]
+        assert ev["passed"] == s["eval_passes"]
+        if s["step"] == 0:
+            assert "train" not in s["verdicts"]
+        else:
+            tr = s["verdicts"]["train"]
+            assert sum(tr[k] for k in KINDS) == s["grading"]["train_samples"]
+            assert sum(tr[k] for k in KINDS if k != "passed") > 0 or s["train_reward"] == 1
+    results = json.loads((first_run / "results.json").read_text())
+    (arm,) = [a for a in results["arms"] if a["kind"] == "arm"]
+    total = sum(s["verdicts"]["eval"]["passed"] for s in steps)
+    assert arm["verdicts"]["eval"]["passed"] == total

@@ -17,7 +17,7 @@ from harness.cli import main
 from harness.controllers import summarise
 from harness.controllers.collapse_guard import guard_report
 from harness.errors import UserError
-from harness.report import mean_band, mean_ci, write_report
+from harness.report import _ci, mean_band, write_report
 from harness.spec import Spec, load_spec, resolved_dict
 
 SEEDS = (0, 1, 2)
@@ -220,8 +220,12 @@ def test_mean_band_splits_campaign_boundaries_and_counts_seeds() -> None:
     assert n == [2, 2, 2, 2, 2, 1]
 
 
-def test_mean_ci_is_seeded_and_brackets_the_mean() -> None:
-    m, lo, hi = mean_ci([0.1, 0.2, 0.6])
+def test_report_intervals_are_the_projects_bootstrap_over_the_values_given() -> None:
+    import numpy as np
+
+    from harness.stats import bootstrap_ci
+
+    m, lo, hi = _ci([0.1, None, 0.2, 0.6])
     assert m == pytest.approx(0.3) and lo < m < hi and lo >= 0.1 and hi <= 0.6
-    assert mean_ci([0.1, 0.2, 0.6]) == (m, lo, hi)
-    assert mean_ci([0.4]) == (0.4, 0.4, 0.4) and mean_ci([]) is None
+    assert (lo, hi) == bootstrap_ci(np.asarray([0.1, 0.2, 0.6]))  # None left out
+    assert _ci([]) is None and _ci([None]) is None

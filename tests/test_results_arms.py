@@ -188,7 +188,8 @@ def test_arm_rows_mean_over_finished_seeds_with_oracle_and_guard_rows_from_naive
         "oracle": False, "n": 2, "seeds": [0, 1], "n_cells": 2,
         "pass1_test": pytest.approx(0.2), "pass1_eval": pytest.approx(0.3),
         "mean_peak": pytest.approx(0.4), "mean_gap": pytest.approx(0.05),
-        "collapsed_campaigns": 1, "signature_campaigns": 0, "campaigns": 4}
+        "collapsed_campaigns": 1, "signature_campaigns": 0, "campaigns": 4,
+        "verdicts": {"train": None, "eval": None}}  # these cells' traces predate the kinds
     assert trace["oracle"] is True and trace["n"] == 2
     assert (trace["pass1_test"], trace["pass1_eval"]) == (pytest.approx(0.4), 0.5)
     assert (hind["pass1_test"], hind["pass1_eval"]) == (pytest.approx(0.6), 0.7)

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 AdvantageFn = Callable[[Tensor, "MethodSpec"], Tensor]
 
 METHODS: Registry[AdvantageFn] = Registry("method")
+# Estimators whose statistics span the whole batch, not one prompt's group, register how to
+# compute them over the valid samples only (`masked_advantages`); the others are applied
+# group by group to the valid samples.
+MaskedFn = Callable[[Tensor, Tensor, "MethodSpec"], Tensor]
+BATCH_LEVEL: dict[str, MaskedFn] = {}
 
 
 def _check(rewards: Tensor) -> Tensor:
@@ -42,6 +47,43 @@ def reinforce(rewards: Tensor, spec: MethodSpec) -> Tensor:
     if spec.baseline == "batch_mean":
         return r - r.mean()
     return r.clone()
+
+
+def _reinforce_masked(rewards: Tensor, valid: Tensor, spec: MethodSpec) -> Tensor:
+    r = _check(rewards)
+    if spec.baseline == "batch_mean":
+        return torch.where(valid, r - r[valid].mean(), torch.zeros_like(r))
+    return torch.where(valid, r, torch.zeros_like(r))
+
+
+BATCH_LEVEL["reinforce"] = _reinforce_masked
+
+
+def masked_advantages(rewards: Tensor, valid: Tensor, spec: MethodSpec) -> tuple[Tensor, Tensor]:
+    """Advantages [P, G] when some samples have no reward (`valid` [P, G] False: the grader
+    failed on them), and which samples take part in the update.
+
+    Group statistics are computed over a group's valid samples only (the estimator applied
+    to those, as a [1, g] group); a group left with fewer than 2 valid samples contributes
+    nothing. Estimators without group statistics (`BATCH_LEVEL`: reinforce) use the valid
+    samples of the whole batch, each on its own reward (with fewer than 2 of them, nothing). Returns (advantages, taking_part), zero where not
+    taking part. With every sample valid this is exactly the estimator itself."""
+    fn = METHODS.get(spec.name)
+    r = _check(rewards)
+    valid = valid.bool()
+    if bool(valid.all()):
+        return fn(r, spec), valid
+    part = valid & (valid.sum(dim=1, keepdim=True) >= 2)
+    if int(valid.sum()) < 2:
+        return torch.zeros_like(r), torch.zeros_like(valid)
+    if spec.name in BATCH_LEVEL:
+        return BATCH_LEVEL[spec.name](r, valid, spec), valid
+    adv = torch.zeros_like(r)
+    for p in range(r.size(0)):
+        idx = part[p].nonzero().squeeze(1)
+        if idx.numel():
+            adv[p, idx] = fn(r[p, idx].unsqueeze(0), spec)[0]
+    return adv, part
 
 
 @METHODS.register("grpo")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from harness.methods.advantages import METHODS
+from harness.methods.advantages import METHODS, masked_advantages
 from harness.methods.logprobs import token_logprobs
 from harness.methods.losses import aggregate, kl_k3, kl_per_token, pg_per_token
 from harness.methods.precision import MasterWeightsAdamW
@@ -49,6 +49,19 @@ def _group_metrics(rewards: Tensor, advantages: Tensor) -> dict[str, float]:
     return {"adv_mean": float(advantages.mean()),
             "adv_abs_mean": float(advantages.abs().mean()),
             "zero_var_groups": float((r == r[:, :1]).all(dim=1).float().mean())}
+
+
+def _masked_group_metrics(rewards: Tensor, advantages: Tensor, taking: Tensor
+                          ) -> dict[str, float]:
+    """`_group_metrics` over the samples taking part (groups with >= 2 valid samples)."""
+    groups = taking.any(dim=1)
+    if not bool(groups.any()):
+        return {"adv_mean": math.nan, "adv_abs_mean": math.nan, "zero_var_groups": math.nan}
+    a = advantages[taking]
+    same = [bool((r[t] == r[t][0]).all()) for r, t in zip(rewards.float()[groups],
+                                                          taking[groups], strict=True)]
+    return {"adv_mean": float(a.mean()), "adv_abs_mean": float(a.abs().mean()),
+            "zero_var_groups": sum(same) / len(same)}
 
 
 def compute_loss(
@@ -103,10 +116,8 @@ def compute_loss(
                 temperature=temperature)
         kl_to_ref = _masked_mean(kl_k3(logp.detach(), ref_logp), mask)
         if spec.kl is not None:
-            # `ratio_correction` (TRL's use_bias_correction_kl) defaults to TRL's default when the
-            # spec's KLConfig does not carry the field
-            correction = getattr(spec.kl, "ratio_correction", True)
-            per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator, correction)
+            per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator,
+                                        spec.kl.ratio_correction)
             kl_term = spec.kl.beta * aggregate(per_token_kl, mask, spec.loss_agg)
             loss = loss + kl_term
             kl_penalty = float(kl_term.detach())
@@ -171,6 +182,7 @@ def backward_loss(
     *,
     temperature: float = 1.0,
     micro_batch_size: int | None = None,
+    valid: Tensor | None = None,
     after_backward: Callable[[], None] | None = None,
     rows: slice | None = None,
     backward: Callable[[Tensor, bool], None] | None = None,
@@ -195,14 +207,21 @@ def backward_loss(
     partial sums over the ranks. The ranks' gradients then add up to the whole batch's. Each
     rank adds its share's fraction of the EWC penalty, so together they add it once.
 
-    micro_batch_size None (or >= N) with no `rows` is exactly `compute_loss` followed by
-    `loss.backward()`. Returns `compute_loss`'s metrics.
+    `valid` [P, G] (None: all): False marks a sample without a reward (the grader failed on
+    it). Such samples take no part: advantages come from `masked_advantages` (group
+    statistics over the valid samples; a group with fewer than 2 contributes nothing), and
+    their tokens are out of the loss, of the aggregation's normalisers and of the metrics.
+
+    micro_batch_size None (or >= N) with no `rows` and no `valid` is exactly `compute_loss`
+    followed by `loss.backward()`. Returns `compute_loss`'s metrics.
     """
     n_seq = batch["input_ids"].size(0)
     share = rows if rows is not None else slice(0, n_seq)
     chunks = [slice(share.start + c.start, share.start + c.stop)
               for c in _micro_batches(share.stop - share.start, micro_batch_size)]
-    if rows is None and backward is None and len(chunks) == 1:
+    if valid is not None and bool(valid.all()):
+        valid = None
+    if valid is None and rows is None and backward is None and len(chunks) == 1:
         loss, metrics = compute_loss(spec, model, batch, rewards, ref_model, ewc,
                                      temperature=temperature)
         loss.backward()
@@ -211,10 +230,18 @@ def backward_loss(
         return metrics
 
     _check_inputs(spec, n_seq, rewards, ref_model, ewc)
-    advantages = METHODS.get(spec.name)(rewards, spec)  # [P, G]
-    adv = advantages.reshape(-1)
     full_mask = batch["completion_mask"][:, 1:].bool() & batch["attention_mask"][:, 1:].bool()
-    weights = aggregation_weights(full_mask, spec.loss_agg)
+    if valid is None:
+        advantages = METHODS.get(spec.name)(rewards, spec)  # [P, G]
+        weights = aggregation_weights(full_mask, spec.loss_agg)
+    else:
+        advantages, taking = masked_advantages(rewards, valid, spec)
+        keep = taking.reshape(-1).to(full_mask.device)
+        weights = torch.zeros(full_mask.shape, device=full_mask.device)
+        if bool(keep.any()):  # the normalisers of the samples taking part only
+            weights[keep] = aggregation_weights(full_mask[keep], spec.loss_agg).to(weights)
+        full_mask = full_mask & keep.unsqueeze(1)
+    adv = advantages.reshape(-1)
     columns = torch.arange(batch["attention_mask"].size(1), device=full_mask.device)
 
     sums = dict.fromkeys(("pg_loss", "kl_penalty", "ewc_penalty", "entropy", "kl_to_ref"), 0.0)
@@ -228,14 +255,16 @@ def backward_loss(
         pg = (w * pg_per_token(logp, adv[part].to(logp.device))).sum()
         loss = pg
         sums["pg_loss"] += float(pg.detach())
+        if valid is not None:  # samples without a reward take no part in the metrics either
+            mask = mask * full_mask[part, :width - 1].to(mask)
         sums["entropy"] += float((entropy.detach() * mask).sum())
         if ref_model is not None:
             with torch.no_grad():
                 ref_logp, _, _ = token_logprobs(ref_model, ids, am, cm, temperature=temperature)
             sums["kl_to_ref"] += float((kl_k3(logp.detach(), ref_logp) * mask).sum())
             if spec.kl is not None:
-                correction = getattr(spec.kl, "ratio_correction", True)
-                per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator, correction)
+                per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator,
+                                            spec.kl.ratio_correction)
                 kl_term = spec.kl.beta * (w * per_token_kl).sum()
                 loss = loss + kl_term
                 sums["kl_penalty"] += float(kl_term.detach())
@@ -263,8 +292,10 @@ def backward_loss(
         "kl_penalty": sums["kl_penalty"],
         "ewc_penalty": sums["ewc_penalty"],
         "entropy": sums["entropy"] / n_tokens,
-        **_group_metrics(rewards, advantages),
-        "completion_len": float(full_mask.sum(-1).float().mean()),
+        **(_group_metrics(rewards, advantages) if valid is None else
+           _masked_group_metrics(rewards, advantages, taking)),
+        "completion_len": float(full_mask.sum(-1).float().mean()) if valid is None else
+        float(full_mask.sum(-1).float()[keep].mean()) if bool(keep.any()) else math.nan,
     }
 
 

@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from harness.rundir import write_json
 from harness.runner.checkpoints import CheckpointStore
 from harness.runner.trace import Trace
 from harness.runner.verdict_cache import VerdictCache
+from harness.runner.verdicts import add_counts, count_kinds, is_infra, verdict_kind
 from harness.spec.schema import (
     ChainSpec,
     ControllerSpec,
@@ -191,8 +193,11 @@ class CellRunner:
 
     def _sample_and_grade(self, tasks: list[Any], n: int, temperature: float, top_p: float,
                           max_new_tokens: int, seed: int, rollouts_needed: bool = True
-                          ) -> tuple[list[list[float]], Any, dict[str, float]]:
-        """Sample n completions per task and grade them: rewards [len(tasks)][n].
+                          ) -> tuple[list[list[float]], Any, dict[str, Any]]:
+        """Sample n completions per task and grade them: rewards [len(tasks)][n], NaN for a
+        sample the grader failed on (verdict kind `infra`: runner/verdicts.py), which is no
+        reward at all. The third value holds this rank's timings and the verdict-kind counts
+        (`kinds`, summed over the ranks).
 
         With several ranks, each samples (with its own seed) and grades a contiguous share of
         the tasks, and the rewards (and, when `rollouts_needed`, the rollouts) of all shares
@@ -204,20 +209,25 @@ class CellRunner:
             rewards, ro, t = self._sample_and_grade_here(
                 tasks[part], n, temperature, top_p, max_new_tokens,
                 derive_seed(seed, "rank", self.ranks.rank))
-            shares = self.ranks.gather((rewards, (ro.texts, ro.prompt_ids, ro.completion_ids)
+            shares = self.ranks.gather((rewards, t["kinds"], (ro.texts, ro.prompt_ids,
+                                                              ro.completion_ids)
                                         if rollouts_needed else None))
-            rewards = [r for share_rewards, _ in shares for r in share_rewards]
+            rewards = [r for share_rewards, _, _ in shares for r in share_rewards]
+            kinds = None
+            for _, share_kinds, _ in shares:
+                kinds = add_counts(kinds, share_kinds)
+            t = {**t, "kinds": kinds}
             if rollouts_needed:
-                ro = Rollouts(texts=[x for _, s in shares for x in s[0]],
-                              prompt_ids=[x for _, s in shares for x in s[1]],
-                              completion_ids=[x for _, s in shares for x in s[2]],
+                ro = Rollouts(texts=[x for _, _, s in shares for x in s[0]],
+                              prompt_ids=[x for _, _, s in shares for x in s[1]],
+                              completion_ids=[x for _, _, s in shares for x in s[2]],
                               n=n, seconds=ro.seconds)
             return rewards, ro, t
         return self._sample_and_grade_here(tasks, n, temperature, top_p, max_new_tokens, seed)
 
     def _sample_and_grade_here(self, tasks: list[Any], n: int, temperature: float,
                                top_p: float, max_new_tokens: int, seed: int
-                               ) -> tuple[list[list[float]], Any, dict[str, float]]:
+                               ) -> tuple[list[list[float]], Any, dict[str, Any]]:
         from harness.policy import completion_code, render_prompt
         from harness.tasks import grader_request
 
@@ -228,19 +238,64 @@ class CellRunner:
                                          top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         t1 = time.perf_counter()
         chat = self.policy.use_chat_template
-        requests = [grader_request(tasks[i // n], completion_code(tasks[i // n], text, chat),
-                                   self.limits, f"{i}", chat=chat)
-                    for i, text in enumerate(rollouts.texts)]
-        grader = self._grader_pool()
-        verdicts = grader.grade(requests)
+        codes = [completion_code(tasks[i // n], text, chat)
+                 for i, text in enumerate(rollouts.texts)]
+        requests = [grader_request(tasks[i // n], code, self.limits, f"{i}", chat=chat)
+                    for i, code in enumerate(codes)]
+        verdicts, graded = self._grade(requests)
         t2 = time.perf_counter()
-        flat = [1.0 if v.passed else 0.0 for v in verdicts]
+        eos = self.policy.tokenizer.eos_token_id
+        kinds = [verdict_kind(v, codes[i], len(c) >= max_new_tokens and (not c or c[-1] != eos))
+                 for i, (v, c) in enumerate(zip(verdicts, rollouts.completion_ids, strict=True))]
+        flat = [math.nan if k == "infra" else 1.0 if v.passed else 0.0
+                for k, v in zip(kinds, verdicts, strict=True)]
         rewards = [flat[i * n:(i + 1) * n] for i in range(len(tasks))]
         # generate: wall time of the rollout stage; model: the model's own generate() call;
         # graded: samples sent to the sandbox (the rest came from the verdict cache)
-        graded = grader.last["graded"] if isinstance(grader, VerdictCache) else len(requests)
         return rewards, rollouts, {"generate": t1 - t0, "grade": t2 - t1,
-                                   "model": rollouts.seconds, "graded": graded}
+                                   "model": rollouts.seconds, "graded": graded,
+                                   "kinds": count_kinds(kinds, verdicts)}
+
+    def _grade(self, requests: list[dict[str, Any]]) -> tuple[list[Any], int]:
+        """Grade, retrying once the samples the grader failed on when they are more than
+        `grader.max_infra_share` of the batch; a second such failure stops the cell with one
+        line (the trace is kept: a re-run resumes). Returns (verdicts, samples sent to the
+        sandbox)."""
+        from grader_sandbox import GraderError, Verdict
+
+        share = self.cfg.grader.max_infra_share
+        grader = self._grader_pool()
+
+        def grade(reqs: list[dict[str, Any]]) -> tuple[list[Any], int]:
+            try:
+                got = grader.grade(reqs)
+            except GraderError as e:  # the grader itself is gone: every sample is infra
+                self.last_grader_error = str(e)
+                return [Verdict(id=r["id"], passed=False, status="crashed",
+                                error_type="GraderUnreachable", tests_passed=0,
+                                tests_total=0, wall_s=0.0) for r in reqs], len(reqs)
+            sent = grader.last["graded"] if isinstance(grader, VerdictCache) else len(reqs)
+            return got, sent
+
+        verdicts, graded = grade(requests)
+        for attempt in (1, 2):
+            bad = [i for i, v in enumerate(verdicts) if is_infra(v)]
+            if len(bad) <= share * len(requests):
+                return verdicts, graded
+            if attempt == 2:
+                causes = Counter(verdicts[i].error_type for i in bad)
+                why = ", ".join(f"{c} x{k}" for c, k in causes.most_common())
+                raise UserError(
+                    f"cell {self.cfg.cell_id}: the grader failed on {len(bad)} of "
+                    f"{len(requests)} samples ({len(bad) / len(requests):.0%} > "
+                    f"grader.max_infra_share {share:.0%}) twice in a row ({why}); check the "
+                    f"grader (python -m grader_sandbox check); the trace is kept and a re-run "
+                    f"resumes")
+            again, sent = grade([requests[i] for i in bad])
+            graded += sent
+            for i, v in zip(bad, again, strict=True):
+                verdicts[i] = v
+        return verdicts, graded
 
     def evaluate(self, split: str) -> tuple[float, int, dict[str, float]]:
         """Unbiased pass@1 (k=1): mean over tasks of passes / n. Returns (pass1, passes,
@@ -256,8 +311,11 @@ class CellRunner:
             rewards, _, t = self._sample_and_grade(
                 tasks, e.samples_per_task, e.temperature, e.top_p, e.max_new_tokens,
                 derive_seed(self.cfg.seed, "eval", split), rollouts_needed=False)
-        passes = int(sum(sum(r) for r in rewards))
-        pass1 = sum(sum(r) / len(r) for r in rewards) / len(rewards)
+        # samples the grader failed on are not in the denominator (their count is in t["kinds"])
+        valid = [[x for x in r if not math.isnan(x)] for r in rewards]
+        passes = int(sum(sum(r) for r in valid))
+        scored = [sum(r) / len(r) for r in valid if r]
+        pass1 = sum(scored) / len(scored) if scored else math.nan
         return pass1, passes, t
 
     # ------------------------------------------------------------------ history
@@ -363,7 +421,8 @@ class CellRunner:
                                 {"eval": time.perf_counter() - t0},
                                 {"train_samples": 0, "train_graded": 0,
                                  "eval_samples": self._eval_samples(),
-                                 "eval_graded": t_eval0["graded"]})]
+                                 "eval_graded": t_eval0["graded"]},
+                                {"eval": t_eval0["kinds"]})]
         curve = [pass1]
         self.store.mark_peak(self.model)
         stopped = None
@@ -378,11 +437,15 @@ class CellRunner:
             batch = rollouts.to_batch(self.policy.tokenizer.pad_token_id,
                                       device=self.policy.device)
             reward_t = torch.tensor(rewards, dtype=torch.float32)
+            # samples the grader failed on: masked out of the advantages and the loss
+            valid = ~torch.isnan(reward_t)
+            mask = None if bool(valid.all()) else valid
+            reward_t = torch.nan_to_num(reward_t, nan=0.0)
             lr = warmed_lr(plan.lr, step, cfg.optim.warmup_steps)
             if engine is not None:
                 engine.set_lr(lr)  # this rank's share of the rows, through the engine
                 metrics = backward_loss(cfg.method, self.model, batch, reward_t,
-                                        ref_model=ref_model, ewc=ewc,
+                                        ref_model=ref_model, ewc=ewc, valid=mask,
                                         temperature=max(cfg.rollout.temperature, 1e-5),
                                         micro_batch_size=cfg.optim.micro_batch_size,
                                         rows=self.ranks.share(n_seq), backward=engine.backward,
@@ -394,6 +457,7 @@ class CellRunner:
                 optimizer.zero_grad(set_to_none=True)
                 metrics = backward_loss(
                     cfg.method, self.model, batch, reward_t, ref_model=ref_model, ewc=ewc,
+                    valid=mask,
                     temperature=max(cfg.rollout.temperature, 1e-5),
                     micro_batch_size=cfg.optim.micro_batch_size,
                     after_backward=getattr(optimizer, "accumulate_grads", None))
@@ -402,7 +466,8 @@ class CellRunner:
             pass1, passes, teval = self.evaluate("eval")
             tend = time.perf_counter()
             train = {**metrics, "grad_norm": grad_norm,
-                     "train_reward": float(reward_t.mean()),
+                     "train_reward": float(reward_t[valid].mean()) if bool(valid.any())
+                     else math.nan,
                      "tokens_generated": int(batch["completion_mask"].sum())}
             # `model` = time inside the model (generation, forward/backward, optimizer step);
             # everything else in `step` is the harness's overhead (grading included).
@@ -412,7 +477,7 @@ class CellRunner:
             grading = {"train_samples": len(rollouts), "train_graded": tgen["graded"],
                        "eval_samples": self._eval_samples(), "eval_graded": teval["graded"]}
             rec = self._record(k, step, global_step + step, pass1, passes, train, timing,
-                               grading)
+                               grading, {"train": tgen["kinds"], "eval": teval["kinds"]})
             records.append(rec)
             if pass1 > max(curve):
                 self.store.mark_peak(self.model)
@@ -437,7 +502,8 @@ class CellRunner:
 
     def _record(self, k: int, step: int, global_step: int, pass1: float, passes: int,
                 train: dict[str, Any] | None, timing: dict[str, float],
-                grading: dict[str, int] | None = None) -> dict[str, Any]:
+                grading: dict[str, int] | None = None,
+                verdicts: dict[str, Any] | None = None) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "type": "step", "campaign": k, "step": step, "global_step": global_step,
             "eval_pass1": pass1, "eval_passes": passes,
@@ -446,6 +512,8 @@ class CellRunner:
         }
         if grading is not None:
             rec["grading"] = grading
+        if verdicts is not None:  # verdict kinds (runner/verdicts.py) of train and eval samples
+            rec["verdicts"] = verdicts
         for key in ("train_reward", "entropy", "kl_to_ref", "grad_norm", "completion_len",
                     "zero_var_groups", "loss", "pg_loss", "kl_penalty", "ewc_penalty",
                     "adv_mean", "tokens_generated"):
@@ -543,6 +611,14 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
             by_campaign.setdefault(s["campaign"], []).append(s)
     n = len(campaigns)
     carryover = [campaigns[i]["start"] - campaigns[i - 1]["end"] for i in range(1, n)]
+    chain_kinds: dict[str, Any] = {"train": None, "eval": None}
+    for c in campaigns:  # verdict kinds per campaign and over the chain (runner/verdicts.py)
+        kinds: dict[str, Any] = {"train": None, "eval": None}
+        for st in by_campaign.get(c["index"], []):
+            for part, counts in (st.get("verdicts") or {}).items():
+                kinds[part] = add_counts(kinds[part], counts)
+                chain_kinds[part] = add_counts(chain_kinds[part], counts)
+        c["verdicts"] = kinds
     return {
         "cell_id": cfg.cell_id,
         "model": cfg.model.name, "method": cfg.method.arm, "controller": cfg.controller.arm,
@@ -564,5 +640,6 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
             "signature_campaigns": sum(bool(c.get("signature")) for c in campaigns),
             "carryover": carryover,
             "total_steps": len([s for s in steps if s["step"] > 0]),
+            "verdicts": chain_kinds,
         },
     }

@@ -77,10 +77,13 @@ def cell_config(spec: Spec, model: ModelSpec, method: MethodSpec, controller: Co
 
 
 def code_versions(task_source: str, model_id: str) -> dict[str, Any]:
-    """Versions of code whose change alters a cell's results without changing its spec."""
+    """Versions of code whose change alters a cell's results without changing its spec: the
+    task source's, the grader's (`grader_sandbox.GRADER_VERSION`) and the tiny policy's."""
+    from grader_sandbox import GRADER_VERSION
     from harness.tasks import source_version
 
-    versions: dict[str, Any] = {"task_source": source_version(task_source)}
+    versions: dict[str, Any] = {"task_source": source_version(task_source),
+                                "grader": GRADER_VERSION}
     if model_id == "tiny":
         from harness.policy.tiny import TINY_CODE_VERSION
 

@@ -313,6 +313,12 @@ class GraderSpec(_Strict):
         "answer and error verdicts are kept by the request's sha256 and reused (a policy "
         "repeats its programs); timeouts, memory, output-limit, violation and crash verdicts "
         "are graded every time. Same verdicts either way; false grades every sample.")
+    max_infra_share: float = Field(
+        0.05, ge=0, le=1, description="Largest share of a step's train or eval samples the "
+        "grader may fail on (sandbox set-up failed, a worker or the judge died, the grader "
+        "unreachable) before the step's grading is retried once; a second such failure stops "
+        "the cell with one error line (a re-run resumes). Those samples are never a reward "
+        "of 0: they are masked out of the update and of pass@1, and counted.")
 
 
 class ArmRef(_Strict):
