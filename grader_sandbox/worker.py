@@ -272,8 +272,14 @@ class Worker:
             proc.close()
         if self._dirty:
             self._dirty = False
-            if os.listdir(self.work):
-                empty_dir(self.work)
+            try:
+                if os.listdir(self.work):
+                    empty_dir(self.work)
+            except OSError:
+                # A /work that cannot be emptied must not reach another sample: end this worker
+                # (the pool replaces it; a sample in flight is reported as WorkerDied).
+                traceback.print_exc()
+                os._exit(4)
 
     def _next_uid(self) -> int | None:
         """A program child's uid: the next of this worker's block (its first is the judge's)."""
