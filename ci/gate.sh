@@ -9,7 +9,7 @@
 #   0 -> 0; 1 -> 1 with an error annotation; 3 -> 0 with a warning annotation
 #   (`--inconclusive fail`: 3 -> 3); anything else -> that code, with an error annotation.
 # Inconclusive passes by default because a verdict needs >= 6 paired seeds at alpha 0.05
-# (README "Comparisons and the gate"): the one-seed PR smoke and the 5-seed study grids can
+# (docs/comparisons-and-gate.md): the one-seed PR smoke and the 5-seed study grids can
 # never be conclusive, and a job that is red every night is a job nobody reads.
 # The gate's table goes to RUN_DIR/gate.txt (uploaded with the report) and to the job summary.
 set -uo pipefail
@@ -33,7 +33,7 @@ fi
 
 case "$rc" in
   0) echo "gate: pass" ;;
-  1) echo "::error title=harness gate::$run: a gated comparison failed (rows with outcome fail in the table above; README 'CI: wiring the runners')"
+  1) echo "::error title=harness gate::$run: a gated comparison failed (rows with outcome fail in the table above; docs/ci.md, 'Reading a gate failure')"
      exit 1 ;;
   3) if [[ "$inconclusive" == fail ]]; then
        echo "::error title=harness gate::$run: inconclusive (too few seeds or too noisy)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start a Docker engine if none answers (these machines ship only the client; see
-# ../shared/docs/docker-here.md): no bridge network, no iptables, containers use
+# Start a Docker engine if none answers (the development and CI machines ship only the
+# client): no bridge network, no iptables, containers use
 # --network none and talk through Unix sockets.
 #
 #   containers/engine.sh up      start (or reuse) an engine; exit 1 with the reason if impossible

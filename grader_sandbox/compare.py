@@ -1,7 +1,7 @@
 """Comparison of raw results with expected values. Runs in the worker, never in a sandbox.
 
 ``call`` style: the decoded return value against the request's expected JSON value, by the
-expected value's JSON type, at every depth (README "Comparison rules"):
+expected value's JSON type, at every depth (grader_sandbox/README.md "Comparison rules"):
 
   expected  returned types that can match               rule
   null      None                                         identity

@@ -1,6 +1,6 @@
 """Registered baselines: per-seed metrics of a run's arms, stored with their provenance.
 
-One JSON file per spec, `benchmarks/baselines/<spec>.json` (README "Registered baselines"):
+One JSON file per spec, `benchmarks/baselines/<spec>.json` (docs/comparisons-and-gate.md "Registered baselines"):
 
     {"format": 1, "spec": NAME, "version": V, "spec_hash": H, "updated_at": ISO-8601 UTC,
      "arms": [{"model", "method", "controller", "seeds": [...],

@@ -105,7 +105,7 @@ def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
         "cells": out_cells,
         "arms": arm_rows(out_cells),
     }
-    # The spec's declared comparisons, paired by seed (README "Comparisons and the gate").
+    # The spec's declared comparisons, paired by seed (docs/comparisons-and-gate.md).
     from harness.compare import evaluate_comparisons
 
     results["comparisons"] = evaluate_comparisons(spec, results)
@@ -134,7 +134,7 @@ def _arm_verdicts(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def arm_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The `arms` rows of results.json from its per-cell entries (README "Results").
+    """The `arms` rows of results.json from its per-cell entries (docs/run-directory.md "Results").
 
     Per (model, method, controller) arm, over its finished cells: `kind` "arm". Then per arm
     whose controller is `naive`: one `kind` "oracle" row per oracle (controller

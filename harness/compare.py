@@ -1,7 +1,7 @@
 """Comparisons of a run: the spec's declared comparisons and same-arm regression checks,
 paired by seed (`harness.stats.paired`), as rows for tables, results.json and the gate.
 
-A row (`results.json` `comparisons`, README "Comparisons and the gate"): `kind` (`declared`:
+A row (`results.json` `comparisons`, docs/comparisons-and-gate.md): `kind` (`declared`:
 a comparison of the spec; `registered`: an arm vs the same arm of the registered baseline;
 `same_arm`: an arm vs the same arm of another run), `model`, `candidate` and `baseline`
 ("method/controller"; "model/method/controller" when the baseline's model differs),

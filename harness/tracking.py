@@ -1,6 +1,6 @@
 """MLflow tracking, derived from the cells' traces (the source of truth).
 
-Layout in the tracking store (README "MLflow"):
+Layout in the tracking store (docs/mlflow.md):
 
     experiment   "<spec>@<version>"
     parent run   one per run directory (`mlflow.json` in the run directory links the two, so a
@@ -146,7 +146,7 @@ def _points(index: int, step: int, items: Iterable[tuple[str, float]]) -> list[P
 
 
 def record_points(records: Sequence[dict[str, Any]], i: int) -> list[Point]:
-    """The metric points of trace record `i` (README "MLflow" lists the keys).
+    """The metric points of trace record `i` (docs/mlflow.md lists the keys).
 
     - `step`: every number of the record under its own name (`eval_pass1`, `train_reward`,
       `entropy`, `kl_to_ref`, `grad_norm`, ..., `time.generate`, ...), plus `campaign` and
@@ -238,7 +238,7 @@ def missing_points(points: Sequence[Point],
 
 
 def checkpoint_candidates(record: dict[str, Any], policy: str) -> list[str]:
-    """Checkpoints a record makes worth logging under a policy (README "MLflow"):
+    """Checkpoints a record makes worth logging under a policy (docs/mlflow.md):
     `final` the policy carried out of the chain; `carried` also each policy a campaign
     carries into the next (a plan's `start_from`); `all` also every campaign's last and peak
     checkpoints. `init` is the model source, never a file."""

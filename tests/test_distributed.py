@@ -19,7 +19,7 @@ from harness.distributed.runtime import Ranks, launch
 from harness.errors import SpecError, UserError
 from harness.spec import expand_cells, load_spec
 
-# 3B/4B specs train in one process on one GPU (README "The update: precision and memory");
+# 3B/4B specs train in one process on one GPU (docs/update-precision-and-memory.md);
 # the 7B ones on 4 GPUs with ZeRO-2.
 GPU_SPECS = {"qwen3b-care-v2": "none", "qwen3b-constraints": "none",
              "gemma4b-pilot": "none", "qwen7b-controllers": "zero2-7b",

@@ -1,5 +1,5 @@
 """Multi-GPU training configurations (DeepSpeed ZeRO), selected by a spec's
-`resources.distributed` (README "Distributed training").
+`resources.distributed` (docs/distributed.md).
 
 Each configuration is a pair of files in this folder: `<name>.json`, the DeepSpeed config the
 cell runner uses, and `<name>.yaml`, an accelerate config naming it

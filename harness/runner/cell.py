@@ -597,7 +597,7 @@ def _summary_from(r: dict[str, Any]) -> Any:
 
 
 def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """`result.json` of a cell (schema in README "Results")."""
+    """`result.json` of a cell (schema in docs/run-directory.md "Results")."""
     campaigns = [{k: v for k, v in r.items() if k != "type"} for r in records
                  if r["type"] == "campaign"]
     decisions = [{k: v for k, v in r.items() if k != "type"} | {"kind": r["type"]}

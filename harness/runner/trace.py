@@ -4,7 +4,7 @@ Record types (field `type`):
 - `plan`: a controller's decision for campaign `campaign` (start_from, budget, lr, reason,
   numbers);
 - `step`: one step of a campaign (step 0 = evaluation before any update), with the metrics
-  named in README "Trace records", a `time` mapping and a `grading` mapping (how many
+  named in docs/run-directory.md "Trace records", a `time` mapping and a `grading` mapping (how many
   samples the sandbox graded, the rest coming from the verdict cache): the only fields that
   vary between identical runs;
 - `stop`: a controller stopped a campaign early (reason);

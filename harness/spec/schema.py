@@ -54,7 +54,7 @@ class TinyRecipe(_Strict):
         0.5, ge=0, lt=1, description="Share of warm-start solutions whose last line (`return "
         "x` / `print(x)`) is left out, so the warm-started policy has a habit that fails the "
         "tests and that reinforcement learning can unlearn (the early rise of a campaign; "
-        "README \"The built-in tiny policy\").")
+        "docs/tiny-testbed.md).")
 
 
 class ModelSpec(_Strict):
@@ -229,7 +229,7 @@ class TasksSpec(_Strict):
         description="Source-specific options. Dataset sources (humaneval, mbpp, apps, taco, "
         "code_contests, livecodebench) take revision (pinned by default), data_files, "
         "dataset_split, difficulty, max_statement_chars, max_tests, max_test_bytes, "
-        "float_tol and their own (README \"Task sources\"); their defaults are filled in. "
+        "float_tol and their own (docs/task-sources.md); their defaults are filled in. "
         "synthetic: stdio_share, min_ops, max_ops.")
 
     @field_validator("source")
@@ -268,11 +268,11 @@ class RolloutSpec(_Strict):
     backend: Literal["hf", "lean", "vllm"] = Field(
         "hf", description="Rollout backend: hf (transformers generate), lean (the harness's "
         "own decoding loop over the model's forward: one prefill per distinct prompt, a "
-        "preallocated KV cache, finished rows leave the batch; README \"Rollout backends\") "
+        "preallocated KV cache, finished rows leave the batch; docs/rollout-backends.md) "
         "or vllm (a vLLM engine "
         "colocated with the policy on its GPU, weights synced before every rollout; needs the "
         "`gpu` extra and a CUDA GPU, else falls back to hf with a warning in the cell log; "
-        "not yet verified against a real vLLM, see README \"Rollout backends\"). Part of "
+        "not yet verified against a real vLLM, see docs/rollout-backends.md). Part of "
         "the cell's identity: the two sample differently.")
 
 
@@ -366,7 +366,7 @@ class ResourcesSpec(_Strict):
         "configuration shipped in harness/distributed: data-parallel training on "
         "gpus_per_cell processes (one GPU each; CPU processes where no GPU is visible), "
         "started by `harness run-cell`: zero2-3b (ZeRO-2, 2 GPUs, models up to ~4B), "
-        "zero2-7b (ZeRO-2, 4 GPUs, 7B). README \"Distributed training\".")
+        "zero2-7b (ZeRO-2, 4 GPUs, 7B). docs/distributed.md.")
 
     @field_validator("distributed")
     @classmethod

@@ -1,6 +1,6 @@
 """Per-seed metrics of results.json cells and per-arm aggregates over seeds.
 
-A cell entry of results.json (README "Results") holds `end_of_chain` and `aggregates`; the
+A cell entry of results.json (docs/run-directory.md "Results") holds `end_of_chain` and `aggregates`; the
 comparison metrics of a spec (`ComparisonSpec.metric`) read one field of one of them.
 """
 

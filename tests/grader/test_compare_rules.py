@@ -1,4 +1,4 @@
-"""The comparison rules (README "Comparison rules"), one expected JSON type at a time, as pure
+"""The comparison rules (grader_sandbox/README.md "Comparison rules"), one expected JSON type at a time, as pure
 functions; and the same rules through a real pool for the cases a red team found."""
 
 from __future__ import annotations
