@@ -164,13 +164,28 @@ def claim_uid_block() -> tuple[int, int]:
     raise IsolationError(f"all {UID_BLOCKS} sandbox uid blocks are in use on this machine")
 
 
+def _library_dirs() -> set[str]:
+    """Directories the dynamic loader needs: the multiarch and 64-bit library directories,
+    and the directory of every shared object this process has mapped. Not all of /usr/lib:
+    other software keeps whole Python installations (and their packages) there."""
+    dirs = set()
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
+    for d in ("/lib64", "/usr/lib64", f"/lib/{arch}", f"/usr/lib/{arch}"):
+        if arch or not d.endswith("/"):
+            dirs.add(d)
+    with contextlib.suppress(OSError), open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.split(maxsplit=5)
+            path = fields[5].strip() if len(fields) == 6 else ""
+            if path.startswith("/") and ".so" in os.path.basename(path):
+                dirs.add(os.path.dirname(path))
+    return {os.path.realpath(d) for d in dirs if os.path.isdir(d)}
+
+
 def _view_sources() -> tuple[list[str], list[str]]:
     """(paths bound read-only into the samples' view at the same place, paths hidden there)."""
     paths = sysconfig.get_paths()
-    binds = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")}
-    for lib in ("/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32"):
-        if os.path.isdir(lib) and not os.path.islink(lib):
-            binds.add(lib)
+    binds = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")} | _library_dirs()
     if os.path.isfile("/etc/ld.so.cache"):
         binds.add("/etc/ld.so.cache")
     # Keep only the outermost of nested paths.
@@ -180,10 +195,18 @@ def _view_sources() -> tuple[list[str], list[str]]:
 
     with contextlib.suppress(AttributeError):
         hidden.update(os.path.realpath(p) for p in site.getsitepackages())
-    for root in outer:
-        for pattern in ("python3*/site-packages", "python3*/dist-packages", "python3/dist-packages",
-                        "*/python3*/site-packages", "*/python3*/dist-packages"):
-            hidden.update(os.path.realpath(p) for p in glob.glob(os.path.join(root, pattern)))
+    for root in outer:  # any package directory below a bound one, a few levels deep
+        if not os.path.isdir(root):
+            continue
+        base = root.count(os.sep)
+        for here, subdirs, _files in os.walk(root):
+            if here.count(os.sep) - base >= 6:
+                subdirs[:] = []
+            for d in subdirs:
+                if d in ("site-packages", "dist-packages"):
+                    hidden.add(os.path.realpath(os.path.join(here, d)))
+            subdirs[:] = [d for d in subdirs if d not in ("site-packages", "dist-packages")
+                          and not os.path.islink(os.path.join(here, d))]
     shown = [h for h in sorted(hidden) if os.path.isdir(h)
              and any(h == r or h.startswith(r + "/") for r in outer)]
     return outer, shown
