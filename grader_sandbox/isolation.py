@@ -25,7 +25,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import glob
 import os
 import signal
 import socket

@@ -149,6 +149,14 @@ def main(sock_fd: int) -> None:
     os.set_inheritable(worker_pidfd, False)
     base_vm = vm_size_bytes()
     enter_view(config["view"])
+    # Only the standard library is importable from here on: no path that could resolve into
+    # the samples' writable /work (a module planted there must never load in the judge).
+    import sysconfig
+
+    std = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
+    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p).startswith(tuple(std))
+                   and "-packages" not in p]
+    sys.path_importer_cache.clear()
     # From here on the template itself runs under the program filter plus what forking and
     # confining a child need; each child then adds the delta filter that removes those.
     template_bpf.load()

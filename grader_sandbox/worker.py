@@ -275,6 +275,8 @@ class Worker:
             try:
                 if os.listdir(self.work):
                     empty_dir(self.work)
+                os.chmod(self.work, 0o700)  # nothing of the sample's, not even /work's mode
+                os.utime(self.work, (0, 0))  # or times, reaches the next sample
             except OSError:
                 # A /work that cannot be emptied must not reach another sample: end this worker
                 # (the pool replaces it; a sample in flight is reported as WorkerDied).
