@@ -17,7 +17,7 @@ from harness.methods.advantages import METHODS, masked_advantages
 from harness.runner.trace import read_trace
 from harness.runner.verdicts import KINDS, add_counts, count_kinds, is_infra, verdict_kind
 from harness.spec.schema import MethodSpec
-from tests.test_methods import make_batch, tiny_model
+from test_methods import make_batch, tiny_model
 
 
 def _v(status: str, error_type: str | None = None) -> Verdict:
