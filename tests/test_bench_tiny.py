@@ -208,7 +208,9 @@ def test_report_of_a_real_run(first_run: Path, tmp_path: Path) -> None:
     md, page, missing = write_report(first_run, tmp_path)
     assert missing == [] and md.is_file()
     text = page.read_text()
-    assert text.count('src="data:image/png;base64,') == 4
+    assert text.count('src="data:image/png;base64,') == 5
+    for fig in ("mean_curves", "seed_curves", "verdict_kinds", "end_of_chain", "peak_vs_end"):
+        assert f'<figure id="{fig}"><img' in text, fig
     for needle in ("tiny-smoke", "trace_oracle of naive", "hindsight_oracle of naive",
                    "mean lead time", "reinforce/naive"):
         assert needle in text, needle
