@@ -291,11 +291,6 @@ def read_frame_from(read: Callable[[int], bytes], max_bytes: int = 256 << 20) ->
     return None if body is None else decode_json(body)
 
 
-def read_exact(fd: int, n: int) -> bytes | None:
-    """Read exactly n bytes from a descriptor (see `_read_exact`)."""
-    return _read_exact(lambda k: os.read(fd, k), n)
-
-
 def read_frame(fd: int, max_bytes: int = 256 << 20) -> Any:
     """Blocking read of one frame from a descriptor; None at EOF."""
     return read_frame_from(lambda k: os.read(fd, k), max_bytes)

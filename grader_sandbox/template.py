@@ -35,6 +35,7 @@ import traceback
 from typing import Any
 
 from grader_sandbox import child as child_mod
+from grader_sandbox import judge as judge_mod
 from grader_sandbox.confine import (
     PR_SET_PDEATHSIG,
     WORKDIR,
@@ -191,7 +192,7 @@ def main(sock_fd: int) -> None:
                     os._exit(SETUP_FAILED)
             if judge:
                 child_mod.quiet_stdio()
-                child_mod.run_judge_server(3)
+                judge_mod.run_judge_server(3)
             child_mod.run_program(spec)  # type: ignore[arg-type]
         for fd in fds:
             os.close(fd)

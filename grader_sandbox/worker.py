@@ -50,11 +50,11 @@ from grader_sandbox.isolation import (
     SeccompFilters,
     WorkerIsolation,
     build_seccomp_filters,
-    describe_signal,
     empty_dir,
     layers,
     setup_worker,
 )
+from grader_sandbox.procs import Poller, Proc
 
 # Imported once by the template so that program children and the judge find them loaded:
 # what model-written solutions import most. Each one costs every fork a little.
@@ -85,91 +85,6 @@ def _injected(req: dict[str, Any]) -> bool:
 # one sample
 
 
-class _Key:
-    __slots__ = ("data", "fd")
-
-    def __init__(self, fd: int, data: str) -> None:
-        self.fd, self.data = fd, data
-
-
-class _Poller:
-    """The part of selectors' interface used here, on one poll(2) object: cheaper per sample
-    than creating, filling and closing an epoll instance."""
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-        self._keys: dict[int, _Key] = {}
-
-    def register(self, fd: Any, _events: int, data: str) -> None:
-        fd = fd if isinstance(fd, int) else fd.fileno()
-        self._poll.register(fd, select.POLLIN)
-        self._keys[fd] = _Key(fd, data)
-
-    def unregister(self, fd: int) -> None:
-        if self._keys.pop(fd, None) is not None:
-            self._poll.unregister(fd)
-
-    def select(self, timeout: float) -> list[tuple[_Key, int]]:
-        events = self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
-        return [(self._keys[fd], ev) for fd, ev in events if fd in self._keys]
-
-    def close(self) -> None:
-        for fd in list(self._keys):
-            self.unregister(fd)
-
-
-class _Proc:
-    """A sandboxed child as the worker sees it."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.status: int | None = None
-        self.cpu = 0.0
-        self.faults = 0
-        self.killed = False
-        try:
-            self.pidfd: int | None = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self.pidfd = None
-
-    def alive(self) -> bool:
-        if self.status is not None or self.pidfd is None:
-            return False
-        r, _, _ = select.select([self.pidfd], [], [], 0)
-        return not r
-
-    def kill(self) -> None:
-        if self.alive():
-            self.killed = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-
-    def reap(self, block: bool = True) -> bool:
-        """Collect the exit status of this child of ours; False if it is still running."""
-        if self.status is not None:
-            return True
-        try:
-            pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            return True
-        if pid == 0:
-            return False
-        self.status, self.cpu, self.faults = status, usage.ru_utime + usage.ru_stime, usage.ru_minflt
-        return True
-
-    def close(self) -> None:
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
-
-    def signal_name(self) -> str | None:
-        if self.status is not None and os.WIFSIGNALED(self.status):
-            return describe_signal(os.WTERMSIG(self.status))
-        return None
-
-
 _JUDGE_MAX_JOBS = 500  # replace the judge now and then so no state accumulates for long
 
 
@@ -189,7 +104,7 @@ class _Judge:
     def usable(self) -> bool:
         return self.proc.alive() and self.jobs < _JUDGE_MAX_JOBS
 
-    def stop(self) -> _Proc:
+    def stop(self) -> Proc:
         """Kill it and close its socket; returns the process, for the caller to reap."""
         self.proc.kill()
         self.sock.close()
@@ -211,7 +126,7 @@ class Worker:
         self._dirty = False
         # Children we SIGKILLed once their results were in (or that ended on their own): their
         # exit reports are collected before the next sample starts, off every sample's clock.
-        self._pending: list[_Proc] = []
+        self._pending: list[Proc] = []
 
     def _start_template(self) -> subprocess.Popen[bytes]:
         """Start the lean template interpreter and hand it the filters, uids and view."""
@@ -241,7 +156,7 @@ class Worker:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _fork_child(self, header: dict[str, Any], payload: bytes, fds: list[int]) -> _Proc:
+    def _fork_child(self, header: dict[str, Any], payload: bytes, fds: list[int]) -> Proc:
         """Have the template fork a child; ``payload`` travels in a memfd (any size)."""
         mfd = os.memfd_create("payload", os.MFD_CLOEXEC)
         try:
@@ -252,7 +167,7 @@ class Worker:
         msg = json.loads(self.sock.recv(4096))
         if not isinstance(msg, dict) or type(msg.get("pid")) is not int:
             raise RuntimeError("bad message from the template process")
-        return _Proc(msg["pid"])
+        return Proc(msg["pid"])
 
     def _get_judge(self) -> _Judge:
         if self.judge is not None and not self.judge.usable():
@@ -379,7 +294,7 @@ class Worker:
         # may grow it up to 6x): a larger declared frame is forged.
         results = FrameBuffer(max_total=8 * out_cap * (n_tests + 1) + (1 << 20),
                               max_frame=8 * out_cap + (1 << 16))
-        sel = _Poller()
+        sel = Poller()
         sel.register(run.res_r, selectors.EVENT_READ, "res")
         sel.register(run.con_r, selectors.EVENT_READ, "con")
         if prog.pidfd is not None:
@@ -568,7 +483,7 @@ class _Run:
     def __init__(self, req: dict[str, Any]) -> None:
         self.req = req
         self.opened: list[int] = []
-        self.prog: _Proc | None = None
+        self.prog: Proc | None = None
         self.judge: _Judge | None = None
         self.res_r = self.con_r = -1
         self.results: dict[int, dict[str, Any]] = {}
