@@ -2,7 +2,8 @@
 
 The run directory layout is documented in `harness.rundir`. Cells whose `result.json` holds
 an end-of-chain result are skipped; a cell killed mid-chain resumes from its last finished
-campaign. `results.json` is (re)built from the cells' results at the end of every invocation.
+campaign. `results.json` is (re)built from the cells' results at the end of every invocation
+(`harness.results` builds it; this module writes it and prints its tables).
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import __version__
 from harness.errors import UserError
+from harness.results import build_results
 from harness.rundir import default_run_dir, environment, write_json
 from harness.spec import Cell, Spec, expand_cells, resolved_dict, spec_hash
 from harness.spec.grid import grid_hash
-
-RESULTS_SCHEMA_VERSION = 2
 
 
 def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
@@ -82,114 +81,12 @@ def _read_executor(run_dir: Path) -> dict[str, Any] | None:
 
 def collect_results(spec: Spec, run_dir: Path, cells: list[Cell],
                     failures: dict[str, str]) -> dict[str, Any]:
-    out_cells = []
-    for c in cells:
-        entry: dict[str, Any] = {**c.keys(), "controller_name": c.controller.name,
-                                 "status": "missing"}
-        try:
-            res = json.loads((run_dir / "cells" / c.cell_id / "result.json").read_text())
-            entry.update(status="finished" if res.get("end_of_chain") else "partial",
-                         campaigns=res["campaigns"], decisions=res["decisions"],
-                         end_of_chain=res["end_of_chain"], aggregates=res["aggregates"],
-                         oracles=res.get("oracles"), guard=res.get("guard"))
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
-        if c.cell_id in failures:
-            entry.update(status="failed", error=failures[c.cell_id])
-        out_cells.append(entry)
-    results = {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "spec": spec.name, "version": spec.version, "spec_hash": spec_hash(spec),
-        "harness_version": __version__,
-        "executor": _read_executor(run_dir),
-        "cells": out_cells,
-        "arms": arm_rows(out_cells),
-    }
-    # The spec's declared comparisons, paired by seed (docs/comparisons-and-gate.md).
-    from harness.compare import evaluate_comparisons
-
-    results["comparisons"] = evaluate_comparisons(spec, results)
+    """Build results.json from the cells' result.json files (`harness.results.build_results`)
+    and write it into the run directory; `failures`: cell_id -> error of the cells that failed
+    in this invocation."""
+    results = build_results(spec, run_dir, cells, failures, _read_executor(run_dir))
     write_json(run_dir / "results.json", results)
     return results
-
-
-def _mean(xs: list[Any]) -> float | None:
-    vals = [float(x) for x in xs if x is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-ORACLE_CONTROLLERS = {"trace": "trace_oracle", "hindsight": "hindsight_oracle"}
-
-
-def _arm_verdicts(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
-    """Verdict kinds of an arm's train and eval samples, summed over its cells' chains."""
-    from harness.runner.verdicts import add_counts
-
-    out: dict[str, Any] = {"train": None, "eval": None}
-    for a in aggregates:
-        for part, counts in (a.get("verdicts") or {}).items():
-            if counts:
-                out[part] = add_counts(out[part], counts)
-    return out
-
-
-def arm_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The `arms` rows of results.json from its per-cell entries (docs/run-directory.md "Results").
-
-    Per (model, method, controller) arm, over its finished cells: `kind` "arm". Then per arm
-    whose controller is `naive`: one `kind` "oracle" row per oracle (controller
-    `trace_oracle` / `hindsight_oracle`, `of` = the source arm's controller) and one `kind`
-    "guard_lead_time" row (the collapse guard run offline on those traces). Rows keep the
-    order in which arms first appear in `cells`."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    n_cells: dict[tuple[str, str, str], int] = {}
-    naive: set[tuple[str, str, str]] = set()
-    for c in cells:
-        key = (c["model"], c["method"], c["controller"])
-        n_cells[key] = n_cells.get(key, 0) + 1
-        groups.setdefault(key, [])
-        if c.get("status") == "finished":
-            groups[key].append(c)
-        if c.get("controller_name", c["controller"]) == "naive":
-            naive.add(key)
-    rows: list[dict[str, Any]] = []
-    for key, done in groups.items():
-        model, method, controller = key
-        base = {"model": model, "method": method, "n": len(done),
-                "seeds": sorted(c["seed"] for c in done), "n_cells": n_cells[key]}
-        eoc = [c.get("end_of_chain") or {} for c in done]
-        agg = [c.get("aggregates") or {} for c in done]
-        rows.append({**base, "controller": controller, "kind": "arm", "oracle": False,
-                     "pass1_test": _mean([e.get("pass1_test") for e in eoc]),
-                     "pass1_eval": _mean([e.get("pass1_eval") for e in eoc]),
-                     "mean_peak": _mean([a.get("mean_peak") for a in agg]),
-                     "mean_gap": _mean([a.get("mean_gap") for a in agg]),
-                     "collapsed_campaigns": sum(a.get("collapsed_campaigns") or 0 for a in agg),
-                     "signature_campaigns": sum(a.get("signature_campaigns") or 0 for a in agg),
-                     "campaigns": sum(len(c.get("campaigns") or []) for c in done),
-                     "verdicts": _arm_verdicts(agg)})
-        if key not in naive:
-            continue
-        for kind, label in ORACLE_CONTROLLERS.items():
-            picks = [(c.get("oracles") or {}).get(kind) or {} for c in done]
-            rows.append({**base, "controller": label, "kind": "oracle", "oracle": True,
-                         "of": controller,
-                         "pass1_test": _mean([o.get("pass1_test") for o in picks]),
-                         "pass1_eval": _mean([o.get("pass1_eval") for o in picks])})
-        guard = [(c.get("guard") or {}) for c in done]
-        runs = [r for g in guard for r in g.get("campaigns") or []]
-        leads = [r["lead_time"] for r in runs if r["collapsed"] and r["lead_time"] is not None]
-        collapsed = sum(1 for r in runs if r["collapsed"])
-        caught = sum(1 for v in leads if v >= 0)
-        rows.append({**base, "controller": "guard_lead_time", "kind": "guard_lead_time",
-                     "oracle": False, "of": controller,
-                     "params": next((g["params"] for g in guard if g.get("params")), None),
-                     "campaigns": len(runs), "collapsed": collapsed, "caught": caught,
-                     "late": len(leads) - caught, "missed": collapsed - caught,
-                     "false_alarms": sum(1 for r in runs if not r["collapsed"]
-                                         and r["trigger_step"] is not None),
-                     "mean_lead_time": _mean(leads)})
-    return rows
 
 
 def _fmt(x: float | None) -> str:

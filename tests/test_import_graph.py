@@ -16,8 +16,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "grader_sandbox")
 MAX_LINES = 600
@@ -148,13 +146,6 @@ def test_no_import_cycles() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-# Files over MAX_LINES when this check was added (issue #17); they are being split there.
-OVER_LIMIT = ("grader_sandbox/worker.py", "harness/report.py", "harness/runner/cell.py",
-              "harness/tracking.py")
-
-
-@pytest.mark.xfail(strict=False, reason="issue #17: files over 600 lines are being split: "
-                   + ", ".join(OVER_LIMIT))
 def test_no_source_file_over_the_size_limit() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
              for p in module_files(ROOT, PACKAGES).values()}

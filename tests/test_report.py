@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from harness.bench import arm_rows
 from harness.cli import main
 from harness.controllers import summarise
 from harness.controllers.collapse_guard import guard_report
 from harness.errors import UserError
-from harness.report import _ci, mean_band, write_report
+from harness.report import mean_band, write_report
+from harness.results import arm_rows, mean_ci
 from harness.spec import Spec, load_spec, resolved_dict
 
 SEEDS = (0, 1, 2)
@@ -225,7 +225,22 @@ def test_report_intervals_are_the_projects_bootstrap_over_the_values_given() -> 
 
     from harness.stats import bootstrap_ci
 
-    m, lo, hi = _ci([0.1, None, 0.2, 0.6])
+    m, lo, hi = mean_ci([0.1, None, 0.2, 0.6])
     assert m == pytest.approx(0.3) and lo < m < hi and lo >= 0.1 and hi <= 0.6
     assert (lo, hi) == bootstrap_ci(np.asarray([0.1, 0.2, 0.6]))  # None left out
-    assert _ci([]) is None and _ci([None]) is None
+    assert mean_ci([]) is None and mean_ci([None]) is None
+
+
+def test_the_report_tables_its_intervals_from_the_results_module(tmp_path: Path) -> None:
+    from harness.report import end_rows, load_run
+    from harness.results import seed_values
+
+    run = load_run(make_run(tmp_path / "run"))
+    rows = end_rows(run)
+    arms = [r for r in run.results["arms"] if r["kind"] in ("arm", "oracle")]
+    assert [r["oracle"] for r in rows] == [r["oracle"] for r in arms]
+    for row, arm in zip(rows, arms, strict=True):
+        test = seed_values(run.results["cells"], arm, "test")
+        assert row["test"] == test and [s for s, _ in test] == list(SEEDS)
+        assert row["test_ci"] == mean_ci([v for _, v in test])
+        assert row["test_ci"][0] == pytest.approx(arm["pass1_test"])  # the arms row's mean

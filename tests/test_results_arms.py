@@ -11,10 +11,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from harness.bench import arm_rows, arms_table
+from harness.bench import arms_table
 from harness.controllers import History, summarise
 from harness.controllers.collapse_guard import GuardParams
-from harness.runner.cell import CellConfig, CellRunner, build_result
+from harness.results import arm_rows, build_result
+from harness.runner.cell import CellConfig, CellRunner
 from harness.runner.checkpoints import CheckpointStore
 from harness.spec import expand_cells, load_spec
 
@@ -223,3 +224,52 @@ def test_arms_table_marks_the_reference_rows() -> None:
     assert "*trace_oracle of naive" in text and "*hindsight_oracle of naive" in text
     assert "*guard (offline) on naive" in text and "caught 1/1, false alarms 0, lead 2.0" in text
     assert "0.400" in text and "0/2" in text
+
+
+# --------------------------------------------------------------------------- declared by controllers
+def test_the_controllers_declare_what_the_results_derive_from_them() -> None:
+    from harness.controllers import CONTROLLERS
+    from harness.controllers.collapse_guard import CollapseGuard, guard_report
+    from harness.results import is_reference_arm, offline_guard
+
+    assert [n for n in CONTROLLERS if CONTROLLERS.get(n).reference_arm] == ["naive"]
+    assert is_reference_arm("naive") and not is_reference_arm("es")
+    assert not is_reference_arm("not_registered_here") and not is_reference_arm(None)
+    assert offline_guard() is CollapseGuard
+    assert [n for n in CONTROLLERS if CONTROLLERS.get(n).offline_guard] == ["collapse_guard"]
+    chain = [[{"step": s, "eval_pass1": v} for s, v in enumerate(COLLAPSE)]]
+    assert CollapseGuard.offline_report(chain, {"min_step": 2}, 0.2) == guard_report(
+        chain, {"min_step": 2}, 0.2)
+    own = {"drop_confidence": None}
+    assert CollapseGuard.offline_guard_params(own) == own
+    assert CONTROLLERS.get("naive").offline_guard_params(own) == {}  # the guard's defaults
+    with pytest.raises(NotImplementedError):
+        CONTROLLERS.get("naive").offline_report(chain, None, 0.2)
+
+
+def test_reference_rows_follow_the_declaration_not_the_name(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from harness.controllers import CONTROLLERS
+
+    cells = [_cell("naive", 0, 0.1, 0.2, oracles=(0.3, 0.4)), _cell("es", 0, 0.4, 0.5)]
+    monkeypatch.setattr(CONTROLLERS.get("naive"), "reference_arm", False)
+    monkeypatch.setattr(CONTROLLERS.get("es"), "reference_arm", True)
+    assert [(r["controller"], r.get("of")) for r in arm_rows(cells)] == [
+        ("naive", None), ("es", None), ("trace_oracle", "es"), ("hindsight_oracle", "es"),
+        ("guard_lead_time", "es")]
+
+
+def test_the_guard_section_uses_the_params_the_cells_controller_declares(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.controllers import CONTROLLERS
+    from harness.results import offline_guard
+
+    es = CONTROLLERS.get("es")
+    monkeypatch.setattr(es, "offline_guard_params",
+                        classmethod(lambda cls, params: {"drop_confidence": None}))
+    g = build_result(_cfg({"name": "es"}), _trace([COLLAPSE], None))["guard"]
+    assert g["params"]["drop_confidence"] is None and g["summary"]["missed"] == 1
+    # exactly one controller is the offline guard
+    monkeypatch.setattr(es, "offline_guard", True)
+    with pytest.raises(RuntimeError, match="exactly one registered controller"):
+        offline_guard()

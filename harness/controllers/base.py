@@ -16,6 +16,7 @@ Only the latest campaign's two and the best-peak campaign's `c{j}:peak` are kept
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -109,9 +110,34 @@ class Plan:
 
 
 class Controller:
-    """Subclass, set `Params`, implement `plan`; optionally `should_stop`."""
+    """Subclass, set `Params`, implement `plan`; optionally `should_stop`.
+
+    What the results derive from a controller (`harness.results`) is declared here, never
+    looked up by name: `reference_arm`, `offline_guard` with `offline_report`, and
+    `offline_guard_params`."""
 
     Params: ClassVar[type[ControllerParams]] = ControllerParams
+    # True: results.json derives its reference rows (the trace and hindsight oracles, the
+    # offline guard's lead time) from this controller's arms, whose traces are the
+    # uncontrolled chains those references replay (docs/run-directory.md "Results").
+    reference_arm: ClassVar[bool] = False
+    # True on the one controller replayed offline (`offline_report`) on every cell's finished
+    # campaigns for the `guard` section of its result.json.
+    offline_guard: ClassVar[bool] = False
+
+    @classmethod
+    def offline_report(cls, campaign_records: Sequence[Sequence[Mapping[str, Any]]],
+                       params: Mapping[str, Any] | None, threshold: float) -> dict[str, Any]:
+        """This controller replayed offline over a recorded chain (one list of step records
+        per campaign), for the `guard` section of result.json; only an `offline_guard`
+        controller has one."""
+        raise NotImplementedError(f"{cls.__name__} has no offline replay")
+
+    @classmethod
+    def offline_guard_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The params of the offline guard replay in a cell of this controller, given the
+        cell's own controller params: the guard's defaults ({}), unless overridden."""
+        return {}
 
     def __init__(self, params: dict[str, Any] | None = None, name: str = "") -> None:
         self.name = name or type(self).__name__

@@ -22,8 +22,9 @@ history, so the decision is a pure function of it), the next campaign starts fro
 Offline: `guard_trigger_step(records, params)` is the first step at which the guard would fire
 on a recorded campaign, and `lead_time(records, trigger_step, threshold)` measures how early it
 fired relative to the collapse onset; `guard_report(campaign_records, params, threshold)` does
-both for every campaign of a recorded chain and counts catches, misses and false alarms (the
-runner puts it in every cell's `result.json` as `guard`: on naive traces it measures what the
+both for every campaign of a recorded chain and counts catches, misses and false alarms
+(`harness.results` puts it, as `CollapseGuard.offline_report`, in every cell's `result.json`
+as `guard`: on naive traces it measures what the
 guard would have done; on a guard's own trace a campaign it stopped cannot show its cliff).
 
 Our reading (nothing here is from the study): the three signals, their thresholds, the Beta
@@ -214,6 +215,20 @@ def guard_report(campaign_records: Sequence[Records],
 class CollapseGuard(Controller):
     Params = GuardParams
     params: GuardParams
+    # every cell's result.json holds this guard replayed offline (`guard_report`)
+    offline_guard = True
+
+    @classmethod
+    def offline_report(cls, campaign_records: Sequence[Records],
+                       params: Mapping[str, Any] | None, threshold: float) -> dict[str, Any]:
+        """`guard_report` of a recorded chain."""
+        return guard_report(campaign_records, params, threshold)
+
+    @classmethod
+    def offline_guard_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A guard cell's offline replay uses the cell's own params (its stopped campaigns
+        cannot show their cliff, but the replay says where it fired)."""
+        return dict(params or {})
 
     def plan(self, history: History) -> Plan:
         k = history.next_index

@@ -8,6 +8,9 @@ from harness.controllers.registry import CONTROLLERS
 
 @CONTROLLERS.register("naive")
 class Naive(Controller):
+    # the oracle and offline-guard reference rows of results.json come from naive traces
+    reference_arm = True
+
     def plan(self, history: History) -> Plan:
         k = history.next_index
         if k == 0:

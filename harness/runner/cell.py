@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 from harness.controllers import History, Plan, make_controller, summarise
-from harness.controllers.collapse_guard import guard_report
 from harness.distributed.runtime import Ranks
 from harness.errors import UserError
+from harness.results import build_result, summary_from
 from harness.rundir import write_json
 from harness.runner.checkpoints import CheckpointStore
 from harness.runner.trace import Trace
@@ -327,7 +327,7 @@ class CellRunner:
                 cur.append(r)
             elif r["type"] == "campaign":
                 campaigns.append(tuple(cur))
-                summaries.append(_summary_from(r))
+                summaries.append(summary_from(r))
                 cur = []
         return History(campaigns=tuple(campaigns), summaries=tuple(summaries),
                        checkpoints=tuple(self.store.names()), max_steps=self.cfg.chain.steps,
@@ -581,65 +581,3 @@ class CellRunner:
                 row["error"] = f"checkpoint {name} is not kept ({self.store.names()})"
             out[kind] = row
         return out
-
-
-def _guard_params(cfg: CellConfig) -> dict[str, Any]:
-    """The collapse guard's params for the offline guard report: the cell's own when its
-    controller is the guard, else the defaults."""
-    return dict(cfg.controller.params or {}) if cfg.controller.name == "collapse_guard" else {}
-
-
-def _summary_from(r: dict[str, Any]) -> Any:
-    from harness.controllers import CampaignSummary
-
-    fields = CampaignSummary.__dataclass_fields__
-    return CampaignSummary(**{k: r[k] for k in fields if k in r})
-
-
-def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """`result.json` of a cell (schema in docs/run-directory.md "Results")."""
-    campaigns = [{k: v for k, v in r.items() if k != "type"} for r in records
-                 if r["type"] == "campaign"]
-    decisions = [{k: v for k, v in r.items() if k != "type"} | {"kind": r["type"]}
-                 for r in records if r["type"] in ("plan", "stop")]
-    final = next((r for r in records if r["type"] == "final"), None)
-    steps = [r for r in records if r["type"] == "step"]
-    finished = {c["index"] for c in campaigns}
-    by_campaign: dict[int, list[dict[str, Any]]] = {}
-    for s in steps:
-        if s["campaign"] in finished:
-            by_campaign.setdefault(s["campaign"], []).append(s)
-    n = len(campaigns)
-    carryover = [campaigns[i]["start"] - campaigns[i - 1]["end"] for i in range(1, n)]
-    chain_kinds: dict[str, Any] = {"train": None, "eval": None}
-    for c in campaigns:  # verdict kinds per campaign and over the chain (runner/verdicts.py)
-        kinds: dict[str, Any] = {"train": None, "eval": None}
-        for st in by_campaign.get(c["index"], []):
-            for part, counts in (st.get("verdicts") or {}).items():
-                kinds[part] = add_counts(kinds[part], counts)
-                chain_kinds[part] = add_counts(chain_kinds[part], counts)
-        c["verdicts"] = kinds
-    return {
-        "cell_id": cfg.cell_id,
-        "model": cfg.model.name, "method": cfg.method.arm, "controller": cfg.controller.arm,
-        "seed": cfg.seed,
-        "campaigns": campaigns,
-        "decisions": decisions,
-        "end_of_chain": None if final is None else {
-            "pass1_test": final["pass1_test"], "pass1_eval": final["pass1_eval"],
-            "carried_from": final["carried_from"]},
-        "oracles": None if final is None else final.get("oracles"),
-        "guard": guard_report([by_campaign[k] for k in sorted(by_campaign)],
-                              _guard_params(cfg), cfg.chain.collapse_threshold),
-        "aggregates": {
-            "mean_peak": sum(c["peak"] for c in campaigns) / n if n else None,
-            "mean_end": sum(c["end"] for c in campaigns) / n if n else None,
-            "mean_gap": sum(c["gap"] for c in campaigns) / n if n else None,
-            "collapse_rate": sum(c["collapsed"] for c in campaigns) / n if n else None,
-            "collapsed_campaigns": sum(c["collapsed"] for c in campaigns),
-            "signature_campaigns": sum(bool(c.get("signature")) for c in campaigns),
-            "carryover": carryover,
-            "total_steps": len([s for s in steps if s["step"] > 0]),
-            "verdicts": chain_kinds,
-        },
-    }
