@@ -158,19 +158,15 @@ def spec_schema() -> None:
 
 
 @app.command()
-def components() -> None:
-    """List registered methods, controllers and task sources."""
-    from harness.controllers import CONTROLLERS
-    from harness.methods import METHODS
-    from harness.tasks import TASK_SOURCES
+def components(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+               ) -> None:
+    """List every registered component, one line each with what it is, and its parameters
+    (docs/components.md: how to add one)."""
+    from harness.components import all_components, component_lines
 
-    for reg in (METHODS, CONTROLLERS, TASK_SOURCES):
-        out.print(f"{reg.kind}s: {', '.join(reg.names())}", markup=False)
-    from harness.distributed import available
-    from harness.policy.backends import ROLLOUT_BACKENDS
-
-    out.print(f"rollout backends: {', '.join(ROLLOUT_BACKENDS)}", markup=False)
-    out.print(f"distributed configurations: none, {', '.join(available())}", markup=False)
+    found = all_components()
+    sys.stdout.write((json.dumps(found, indent=2) if as_json else
+                      "\n".join(component_lines(found))) + "\n")
 
 
 # --------------------------------------------------------------------------- running
@@ -210,6 +206,9 @@ def bench(
     grader_image: Annotated[str | None, typer.Option(
         "--grader-image", help="docker: grader image (default $HARNESS_GRADER_IMAGE, else "
         "harness-grader:latest).")] = None,
+    executor_option: Annotated[list[str] | None, typer.Option(
+        "--executor-option", metavar="KEY=VALUE", help="A setting of the chosen executor "
+        "(repeatable; `harness components` lists them), e.g. address=auto.")] = None,
 ) -> None:
     """Run every cell of a spec and print the summary table.
 
@@ -218,12 +217,15 @@ def bench(
     is logged to MLflow ($MLFLOW_TRACKING_URI, else <run dir>/mlflow.db; `harness ui`).
     """
     from harness.bench import bench as run_bench
+    from harness.executors import settings_from_command_line
     from harness.spec import load_spec
 
+    settings = settings_from_command_line(executor, executor_option or [], {
+        "--address": ("address", address), "--trainer-image": ("trainer_image", trainer_image),
+        "--grader-image": ("grader_image", grader_image)})
     s, _ = load_spec(spec)
-    opts = {"address": address, "trainer_image": trainer_image, "grader_image": grader_image}
     _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints,
-                           executor=executor, executor_options=opts)
+                           executor=executor, executor_options={"settings": settings})
     if any(c["status"] != "finished" for c in results["cells"]):
         raise typer.Exit(1)
 

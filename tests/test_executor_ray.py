@@ -21,7 +21,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.executors import ExecutorOptions
-from harness.executors.ray import check_resources, forwarded_env, run_ray
+from harness.executors.ray import RayOptions, check_resources, forwarded_env, run_ray
 from harness.runner.trace import read_trace, without_timing
 
 
@@ -122,7 +122,8 @@ def test_unreachable_address_fails_fast(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(UserError) as e:
         run_ray({}, 1, lambda *_: None,
-                ExecutorOptions(run_dir=tmp_path, address=f"127.0.0.1:{port}"))
+                ExecutorOptions(run_dir=tmp_path,
+                                settings=RayOptions(address=f"127.0.0.1:{port}")))
     assert time.monotonic() - t0 < 30
     msg = str(e.value)
     assert f":{port}" in msg and "cannot connect to the Ray cluster" in msg and "\n" not in msg
@@ -161,7 +162,8 @@ def test_cluster_without_the_gpus_fails_before_submitting(ray_cluster: str,
     t0 = time.monotonic()
     with pytest.raises(UserError) as e:
         run_ray({"c": cell}, 1, lambda *a: events.append(a),
-                ExecutorOptions(run_dir=tmp_path, gpus_per_cell=1, address=ray_cluster))
+                ExecutorOptions(run_dir=tmp_path, gpus_per_cell=1,
+                                settings=RayOptions(address=ray_cluster)))
     assert time.monotonic() - t0 < 120
     msg = str(e.value)
     assert "no node with 1 GPU(s)" in msg and "at most 0 GPU(s) and 2 CPU(s)" in msg, msg
@@ -179,7 +181,7 @@ def test_failing_cells_are_reported_not_retried(ray_cluster: str, tmp_path: Path
     events: list[tuple[str, dict[str, Any]]] = []
     codes = run_ray({"broken": broken, "missing": missing}, 2,
                     lambda cid, ev: events.append((cid, ev)),
-                    ExecutorOptions(run_dir=tmp_path, address=ray_cluster))
+                    ExecutorOptions(run_dir=tmp_path, settings=RayOptions(address=ray_cluster)))
     assert codes["broken"] != 0 and codes["missing"] != 0
     exits = {cid: ev for cid, ev in events if ev["event"] == "exit"}
     assert [ev["event"] for cid, ev in events if cid == "broken"] == ["start", "exit"]

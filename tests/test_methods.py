@@ -86,12 +86,13 @@ def test_registry_lists_the_three_methods_and_the_spec_accepts_them():
 def test_reinforce_advantage_is_the_reward_or_reward_minus_batch_mean():
     r = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     assert torch.equal(METHODS.get("reinforce")(r, MethodSpec(name="reinforce")), r)
-    adv = METHODS.get("reinforce")(r, MethodSpec(name="reinforce", baseline="batch_mean"))
+    adv = METHODS.get("reinforce")(r, MethodSpec(name="reinforce",
+                                                 params={"baseline": "batch_mean"}))
     assert torch.allclose(adv, torch.tensor([[0.25, -0.75], [0.25, 0.25]]))
 
 
 def test_grpo_uses_the_unbiased_group_std_plus_eps():
-    spec = MethodSpec(name="grpo", eps=1e-4)
+    spec = MethodSpec(name="grpo", params={"eps": 1e-4})
     adv = METHODS.get("grpo")(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), spec)
     std = math.sqrt((0.75**2 + 3 * 0.25**2) / 3)  # Bessel-corrected, as TRL
     expected = torch.tensor([[0.75, -0.25, -0.25, -0.25]]) / (std + 1e-4)

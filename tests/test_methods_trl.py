@@ -185,5 +185,5 @@ def test_grpo_advantages_match_trl_group_normalisation():
     mean = flat.view(-1, G).mean(1).repeat_interleave(G)
     std = nanstd(flat.view(-1, G), dim=1).repeat_interleave(G)
     trl_adv = (flat - mean) / (std + 1e-4)  # TRL's scale_rewards="group" formula
-    ours = METHODS.get("grpo")(rewards, MethodSpec(name="grpo", eps=1e-4)).reshape(-1)
+    ours = METHODS.get("grpo")(rewards, MethodSpec(name="grpo", params={"eps": 1e-4})).reshape(-1)
     assert torch.allclose(ours, trl_adv, atol=1e-6)

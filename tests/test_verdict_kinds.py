@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_methods import make_batch, tiny_model
 
 from grader_sandbox import Verdict
 from harness.methods import backward_loss
@@ -17,7 +18,6 @@ from harness.methods.advantages import METHODS, masked_advantages
 from harness.runner.trace import read_trace
 from harness.runner.verdicts import KINDS, add_counts, count_kinds, is_infra, verdict_kind
 from harness.spec.schema import MethodSpec
-from test_methods import make_batch, tiny_model
 
 
 def _v(status: str, error_type: str | None = None) -> Verdict:
@@ -86,7 +86,7 @@ def test_masked_advantages_use_only_the_valid_samples_of_each_group(name: str) -
 
 
 def test_reinforce_batch_mean_baseline_is_the_mean_of_the_valid_samples() -> None:
-    spec = MethodSpec(name="reinforce", baseline="batch_mean")
+    spec = MethodSpec(name="reinforce", params={"baseline": "batch_mean"})
     rewards = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     valid = torch.tensor([[True, False], [True, True]])
     adv, taking = masked_advantages(rewards, valid, spec)

@@ -37,8 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from harness.errors import UserError
-from harness.executors.base import ExecutorOptions, OnEvent
+from harness.executors.base import EXECUTORS, Executor, ExecutorOptions, ExecutorSettings, OnEvent
 from harness.executors.local import CellProcess, run_local
 
 DEFAULT_TRAINER_IMAGE = "harness-trainer:latest"
@@ -88,9 +90,21 @@ def image_identity(ref: str) -> dict[str, Any]:
     return {"ref": ref, "id": doc["Id"], "repo_digests": doc.get("RepoDigests") or []}
 
 
+class DockerOptions(ExecutorSettings):
+    """The docker executor's settings (`harness bench --trainer-image/--grader-image`)."""
+
+    trainer_image: str | None = Field(
+        None, description=f"Trainer image, a tag or digest (default ${TRAINER_IMAGE_ENV}, else "
+        f"{DEFAULT_TRAINER_IMAGE}).")
+    grader_image: str | None = Field(
+        None, description=f"Grader image, a tag or digest (default ${GRADER_IMAGE_ENV}, else "
+        f"{DEFAULT_GRADER_IMAGE}).")
+
+
 def _images(options: ExecutorOptions) -> tuple[str, str]:
-    trainer = options.trainer_image or os.environ.get(TRAINER_IMAGE_ENV) or DEFAULT_TRAINER_IMAGE
-    grader = options.grader_image or os.environ.get(GRADER_IMAGE_ENV) or DEFAULT_GRADER_IMAGE
+    opts = options.settings_as(DockerOptions)
+    trainer = opts.trainer_image or os.environ.get(TRAINER_IMAGE_ENV) or DEFAULT_TRAINER_IMAGE
+    grader = opts.grader_image or os.environ.get(GRADER_IMAGE_ENV) or DEFAULT_GRADER_IMAGE
     return trainer, grader
 
 
@@ -331,3 +345,20 @@ def _grader_workers(cells: dict[str, Path]) -> int:
         with contextlib.suppress(OSError, json.JSONDecodeError, KeyError, TypeError):
             n = max(n, int(json.loads((d / "config.json").read_text())["config"]["grader"]["workers"]))
     return n
+
+
+class DockerExecutor(Executor):
+    name = "docker"
+    description = ("a trainer container per cell (--network none, GPUs assigned per cell), "
+                   "grading in one hardened grader container per run.")
+    Options = DockerOptions
+
+    def describe(self, options: ExecutorOptions) -> dict[str, Any]:
+        return describe(options)
+
+    def run(self, cells: dict[str, Path], jobs: int, on_event: OnEvent,
+            options: ExecutorOptions) -> dict[str, int]:
+        return run_docker(cells, jobs, on_event, options)
+
+
+EXECUTORS.add(DockerExecutor.name, DockerExecutor())

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.executors.base import EXECUTORS, Executor, ExecutorOptions, OnEvent
 from harness.procutil import die_with_parent
 
 
@@ -49,7 +50,7 @@ def last_error(cell_dir: Path) -> str:
     return lines[-1] if lines else "exited without output"
 
 
-def _poll_trace(cp: CellProcess) -> list[dict[str, Any]] | None:
+def poll_trace(cp: CellProcess) -> list[dict[str, Any]] | None:
     """New complete records of a cell's trace; None when the trace was rewritten (a resumed
     cell drops its unfinished campaign), after which all records are new again."""
     path = cp.cell_dir / "trace.jsonl"
@@ -73,11 +74,13 @@ def _poll_trace(cp: CellProcess) -> list[dict[str, Any]] | None:
     return new
 
 
-def _forward(cp: CellProcess, on_event: Callable[[str, dict[str, Any]], None]) -> None:
-    new = _poll_trace(cp)
+def forward_records(cp: CellProcess, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+    """Report a cell's new trace records through `on_event` (a `start` event first when the
+    trace was rewritten). Shared by the executors that tail a cell's trace."""
+    new = poll_trace(cp)
     if new is None:
         on_event(cp.cell_id, {"event": "start", "records": []})
-        new = _poll_trace(cp) or []
+        new = poll_trace(cp) or []
     for rec in new:
         on_event(cp.cell_id, {"event": "record", "record": rec})
 
@@ -106,16 +109,16 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                                            preexec_fn=die_with_parent)
                 log.close()
                 # progress starts after the records a resumed cell already has
-                _poll_trace(cp)
+                poll_trace(cp)
                 on_event(cp.cell_id, {"event": "start", "records": cp.records})
                 running.append(cp)
             time.sleep(0.25)
             for cp in list(running):
-                _forward(cp, on_event)
+                forward_records(cp, on_event)
                 assert cp.proc is not None
                 rc = cp.proc.poll()
                 if rc is not None:
-                    _forward(cp, on_event)
+                    forward_records(cp, on_event)
                     codes[cp.cell_id] = rc
                     if release:
                         release(cp)
@@ -135,3 +138,15 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
             if release:
                 release(cp)
     return codes
+
+
+class LocalExecutor(Executor):
+    name = "local"
+    description = "each cell in its own process on this machine, up to --jobs at once."
+
+    def run(self, cells: dict[str, Path], jobs: int, on_event: OnEvent,
+            options: ExecutorOptions) -> dict[str, int]:
+        return run_local(cells, jobs, on_event)
+
+
+EXECUTORS.add(LocalExecutor.name, LocalExecutor())

@@ -33,14 +33,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import Field
+
 from harness.errors import UserError
-from harness.executors.base import ExecutorOptions, OnEvent
+from harness.executors.base import EXECUTORS, Executor, ExecutorOptions, ExecutorSettings, OnEvent
 from harness.executors.local import (
     CellProcess,
-    _forward,
-    _poll_trace,
     cell_command,
+    forward_records,
     last_error,
+    poll_trace,
 )
 from harness.procutil import die_with_parent
 
@@ -123,7 +125,16 @@ class RayCell(CellProcess):
     attempt: int = 0
 
 
-def _import_ray() -> Any:
+class RayOptions(ExecutorSettings):
+    """The ray executor's settings (`harness bench --address`)."""
+
+    address: str | None = Field(
+        None, description="The cluster to join (e.g. auto, ray://head:10001); default: start "
+        "a private local one for the run.")
+
+
+def import_ray() -> Any:
+    """The `ray` module; UserError with the install hint when Ray is not installed."""
     try:
         import ray
     except ImportError:
@@ -256,11 +267,12 @@ def _note(cell_dir: Path, line: str) -> None:
 def run_ray(cells: dict[str, Path], jobs: int, on_event: OnEvent,
             options: ExecutorOptions) -> dict[str, int]:
     """Run cells as Ray tasks, at most `jobs` at once; return {cell_id: exit code}."""
-    ray = _import_ray()
+    ray = import_ray()
     private_dir = None
-    if options.address:
-        _join(ray, options.address)
-        where = f"at {options.address}"
+    address = options.settings_as(RayOptions).address
+    if address:
+        _join(ray, address)
+        where = f"at {address}"
     else:
         private_dir = _start_private(ray, jobs, options)
         where = "started for this run (no --address)"
@@ -301,7 +313,7 @@ def _run(ray: Any, cells: dict[str, Path], jobs: int, on_event: OnEvent,
         running[ref] = rc
 
     def finish(rc: RayCell, code: int, error: str | None) -> None:
-        _forward(rc, on_event)
+        forward_records(rc, on_event)
         codes[rc.cell_id] = code
         on_event(rc.cell_id, {"event": "exit", "returncode": code, "error": error})
 
@@ -311,11 +323,11 @@ def _run(ray: Any, cells: dict[str, Path], jobs: int, on_event: OnEvent,
                 rc = pending.pop(0)
                 submit(rc)
                 # progress starts after the records a resumed cell already has
-                _poll_trace(rc)
+                poll_trace(rc)
                 on_event(rc.cell_id, {"event": "start", "records": rc.records})
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
             for rc in running.values():
-                _forward(rc, on_event)
+                forward_records(rc, on_event)
             for ref in ready:
                 rc = running.pop(ref)
                 try:
@@ -353,3 +365,21 @@ def _run(ray: Any, cells: dict[str, Path], jobs: int, on_event: OnEvent,
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
     return codes
+
+
+class RayExecutor(Executor):
+    name = "ray"
+    description = ("Ray tasks on a cluster (a private local one, or --address), with resource "
+                   "requests and retries of lost workers from the last campaign.")
+    Options = RayOptions
+
+    def describe(self, options: ExecutorOptions) -> dict[str, Any]:
+        return {"name": self.name, "address": self.settings(options).address or "local",
+                "ray_version": import_ray().__version__}
+
+    def run(self, cells: dict[str, Path], jobs: int, on_event: OnEvent,
+            options: ExecutorOptions) -> dict[str, int]:
+        return run_ray(cells, jobs, on_event, options)
+
+
+EXECUTORS.add(RayExecutor.name, RayExecutor())

@@ -1,9 +1,10 @@
 """Methods: how a step turns rewards into an update (docs/design.md section 2, Methods).
 
-`METHODS` maps a method name (`MethodSpec.name`) to its advantage estimator
-`(rewards [P, G], spec) -> advantages [P, G]`. Loss aggregation (`MethodSpec.loss_agg`) and the
-KL estimator (`KLConfig.estimator`) are looked up the same way, in `AGGREGATIONS` and
-`KL_ESTIMATORS`. The runner makes an optimizer per campaign and calls, per step:
+`METHODS` maps a method name (`MethodSpec.name`) to its `Method`: the advantage estimator
+`(rewards [P, G], spec) -> advantages [P, G]` and the `Params` model of `MethodSpec.params`.
+The per-token policy loss (`MethodSpec.policy_loss`), the loss aggregation
+(`MethodSpec.loss_agg`) and the KL estimator (`KLConfig.estimator`) are looked up the same way,
+in `POLICY_LOSSES`, `AGGREGATIONS` and `KL_ESTIMATORS`. The runner makes an optimizer per campaign and calls, per step:
 
     optimizer = make_optimizer(model, lr=lr, betas=betas, weight_decay=wd)  # per campaign
     optimizer.zero_grad(set_to_none=True)
@@ -14,14 +15,24 @@ KL estimator (`KLConfig.estimator`) are looked up the same way, in `AGGREGATIONS
 
 `compute_loss` + `optimizer_step` are the same step on the whole batch, returning the loss.
 
-Adding a method is one registered function in `advantages.py` plus a test.
+Adding a method is one function registered with `@method(name, Params)` in `advantages.py`
+plus a test (docs/components.md).
 """
 
-from harness.methods.advantages import METHODS, grpo, reinforce, rloo
+from harness.methods.advantages import (
+    METHODS,
+    Method,
+    MethodParams,
+    grpo,
+    method,
+    reinforce,
+    rloo,
+)
 from harness.methods.logprobs import token_logprobs
 from harness.methods.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
+    POLICY_LOSSES,
     aggregate,
     kl_k1,
     kl_k3,
@@ -45,8 +56,11 @@ __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "METHODS",
+    "POLICY_LOSSES",
     "EWCState",
     "MasterWeightsAdamW",
+    "Method",
+    "MethodParams",
     "aggregate",
     "aggregation_weights",
     "apply_gradients",
@@ -59,6 +73,7 @@ __all__ = [
     "kl_per_token",
     "make_optimizer",
     "make_reference",
+    "method",
     "optimizer_step",
     "pg_per_token",
     "reinforce",

@@ -1,32 +1,78 @@
 """Advantage estimators: rewards of a step -> one advantage per completion.
 
-Each estimator is one small function with the signature
-`(rewards: Tensor[P, G], spec: MethodSpec) -> Tensor[P, G]`, registered in `METHODS` under the
-method name a spec uses. Row p holds the G completions sampled for prompt p (prompt-major, as
-the rollouts are ordered). The trainer looks an estimator up by name and never branches on it.
+A method is a registered `Method`: its advantage estimator, a function
+`(rewards: Tensor[P, G], spec: MethodSpec) -> Tensor[P, G]`, and its `Params` model, which
+validates and fills `MethodSpec.params` (the estimator reads `spec.params[...]`). The
+`@method(name, Params)` decorator registers an estimator in `METHODS` under the name a spec
+uses. Row p holds the G completions sampled for prompt p (prompt-major, as the rollouts are
+ordered). The trainer looks a method up by name and never branches on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from harness.registry import Registry
+from harness.registry import Registry, first_sentence
 
 if TYPE_CHECKING:
     from harness.spec.schema import MethodSpec
 
 AdvantageFn = Callable[[Tensor, "MethodSpec"], Tensor]
-
-METHODS: Registry[AdvantageFn] = Registry("method")
-# Estimators whose statistics span the whole batch, not one prompt's group, register how to
+# Estimators whose statistics span the whole batch, not one prompt's group, say how to
 # compute them over the valid samples only (`masked_advantages`); the others are applied
 # group by group to the valid samples.
 MaskedFn = Callable[[Tensor, Tensor, "MethodSpec"], Tensor]
-BATCH_LEVEL: dict[str, MaskedFn] = {}
+
+
+class MethodParams(BaseModel):
+    """Base of each method's parameters (`MethodSpec.params`): unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: advantage estimator, parameters, and (for an estimator whose
+    statistics span the whole batch) how to apply it to the valid samples only. Calling it
+    is calling the estimator."""
+
+    advantages: AdvantageFn
+    Params: type[MethodParams] = MethodParams
+    masked: MaskedFn | None = None
+    description: str = ""
+
+    def __call__(self, rewards: Tensor, spec: MethodSpec) -> Tensor:
+        return self.advantages(rewards, spec)
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def method(name: str, params: type[MethodParams] = MethodParams, *,
+           masked: MaskedFn | None = None) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Decorator: register an advantage estimator as method `name` with its `Params` model
+    (description: the first sentence of its docstring). Returns the function unchanged."""
+
+    def deco(fn: AdvantageFn) -> AdvantageFn:
+        METHODS.add(name, Method(fn, params, masked, first_sentence(fn.__doc__)))
+        return fn
+
+    return deco
+
+
+class ReinforceParams(MethodParams):
+    baseline: Literal["none", "batch_mean"] = Field(
+        "none", description="Subtract the batch mean reward (batch_mean) or not (none).")
+
+
+class GRPOParams(MethodParams):
+    eps: float = Field(1e-4, gt=0, description="Added to the group std.")
 
 
 def _check(rewards: Tensor) -> Tensor:
@@ -35,28 +81,25 @@ def _check(rewards: Tensor) -> Tensor:
     return rewards.float()
 
 
-@METHODS.register("reinforce")
-def reinforce(rewards: Tensor, spec: MethodSpec) -> Tensor:
-    """Naive REINFORCE: advantage = reward.
-
-    rewards: [P, G] (binary pass/fail in this harness) -> advantages [P, G].
-    With `spec.baseline == "batch_mean"` the mean reward of the whole batch (all P*G
-    completions) is subtracted; with `"none"` the reward is used as is.
-    """
-    r = _check(rewards)
-    if spec.baseline == "batch_mean":
-        return r - r.mean()
-    return r.clone()
-
-
 def _reinforce_masked(rewards: Tensor, valid: Tensor, spec: MethodSpec) -> Tensor:
     r = _check(rewards)
-    if spec.baseline == "batch_mean":
+    if spec.params["baseline"] == "batch_mean":
         return torch.where(valid, r - r[valid].mean(), torch.zeros_like(r))
     return torch.where(valid, r, torch.zeros_like(r))
 
 
-BATCH_LEVEL["reinforce"] = _reinforce_masked
+@method("reinforce", ReinforceParams, masked=_reinforce_masked)
+def reinforce(rewards: Tensor, spec: MethodSpec) -> Tensor:
+    """Naive REINFORCE: advantage = reward.
+
+    rewards: [P, G] (binary pass/fail in this harness) -> advantages [P, G].
+    With `params.baseline == "batch_mean"` the mean reward of the whole batch (all P*G
+    completions) is subtracted; with `"none"` the reward is used as is.
+    """
+    r = _check(rewards)
+    if spec.params["baseline"] == "batch_mean":
+        return r - r.mean()
+    return r.clone()
 
 
 def masked_advantages(rewards: Tensor, valid: Tensor, spec: MethodSpec) -> tuple[Tensor, Tensor]:
@@ -65,9 +108,10 @@ def masked_advantages(rewards: Tensor, valid: Tensor, spec: MethodSpec) -> tuple
 
     Group statistics are computed over a group's valid samples only (the estimator applied
     to those, as a [1, g] group); a group left with fewer than 2 valid samples contributes
-    nothing. Estimators without group statistics (`BATCH_LEVEL`: reinforce) use the valid
-    samples of the whole batch, each on its own reward (with fewer than 2 of them, nothing). Returns (advantages, taking_part), zero where not
-    taking part. With every sample valid this is exactly the estimator itself."""
+    nothing. Estimators without group statistics (a `Method.masked`: reinforce) use the valid
+    samples of the whole batch, each on its own reward (with fewer than 2 of them, nothing).
+    Returns (advantages, taking_part), zero where not taking part. With every sample valid
+    this is exactly the estimator itself."""
     fn = METHODS.get(spec.name)
     r = _check(rewards)
     valid = valid.bool()
@@ -76,8 +120,8 @@ def masked_advantages(rewards: Tensor, valid: Tensor, spec: MethodSpec) -> tuple
     part = valid & (valid.sum(dim=1, keepdim=True) >= 2)
     if int(valid.sum()) < 2:
         return torch.zeros_like(r), torch.zeros_like(valid)
-    if spec.name in BATCH_LEVEL:
-        return BATCH_LEVEL[spec.name](r, valid, spec), valid
+    if fn.masked is not None:
+        return fn.masked(r, valid, spec), valid
     adv = torch.zeros_like(r)
     for p in range(r.size(0)):
         idx = part[p].nonzero().squeeze(1)
@@ -86,13 +130,13 @@ def masked_advantages(rewards: Tensor, valid: Tensor, spec: MethodSpec) -> tuple
     return adv, part
 
 
-@METHODS.register("grpo")
+@method("grpo", GRPOParams)
 def grpo(rewards: Tensor, spec: MethodSpec) -> Tensor:
     """GRPO: (r - group mean) / (group std + eps).
 
     rewards: [P, G] -> advantages [P, G]. The std is the *unbiased* (Bessel-corrected, divide by
     G-1) std of the prompt's G rewards, as TRL's GRPOTrainer computes it (`scale_rewards="group"`,
-    `trl.trainer.utils.nanstd`); eps is `spec.eps` (TRL hard-codes 1e-4, the spec default).
+    `trl.trainer.utils.nanstd`); eps is `params.eps` (TRL hard-codes 1e-4, the spec default).
     A group whose rewards are all equal gets zero advantages. G = 1 has no defined std: the
     advantages are zero (r - mean = 0), as in TRL.
     """
@@ -101,10 +145,10 @@ def grpo(rewards: Tensor, spec: MethodSpec) -> Tensor:
     if r.size(1) == 1:
         return torch.zeros_like(r)
     std = r.std(dim=1, unbiased=True, keepdim=True)
-    return centred / (std + spec.eps)
+    return centred / (std + spec.params["eps"])
 
 
-@METHODS.register("rloo")
+@method("rloo")
 def rloo(rewards: Tensor, spec: MethodSpec) -> Tensor:
     """REINFORCE leave-one-out: r_i - mean of the other G-1 rewards of the same prompt.
 

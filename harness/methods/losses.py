@@ -1,8 +1,9 @@
 """Per-token loss terms and the ways a spec aggregates them into one scalar.
 
 Per-token terms have shape [N, T'] (T' = T-1, aligned with `token_logprobs`); a mask [N, T']
-marks completion tokens. Aggregations and KL estimators are registered by the names a spec
-uses (`MethodSpec.loss_agg`, `KLConfig.estimator`), so the step code only looks them up.
+marks completion tokens. Policy losses, aggregations and KL estimators are registered by the
+names a spec uses (`MethodSpec.policy_loss`, `MethodSpec.loss_agg`, `KLConfig.estimator`), so
+the step code only looks them up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from harness.registry import Registry
 
 AggregateFn = Callable[[Tensor, Tensor], Tensor]
 KLFn = Callable[[Tensor, Tensor], Tensor]
+PolicyLossFn = Callable[[Tensor, Tensor], Tensor]  # (logp [N, T'], advantages [N]) -> [N, T']
 
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
 AGGREGATIONS: Registry[AggregateFn] = Registry("loss aggregation")
 KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator")
 
@@ -50,6 +53,9 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------- policy gradient
+@POLICY_LOSSES.register(
+    "reinforce", "-A * ratio per token, ratio = exp(logp - logp.detach()) (1 in value): "
+    "REINFORCE's gradient, and TRL's GRPO loss with one update per batch.")
 def pg_per_token(logp: Tensor, advantages: Tensor) -> Tensor:
     """Per-token policy-gradient loss -ratio * A with ratio = exp(logp - logp.detach()).
 

@@ -3,8 +3,8 @@
 The runner calls `backward_loss` (the step's loss, backpropagated over micro-batches) then
 `apply_gradients` every step; `compute_loss` + `optimizer_step` are the same step on the whole
 batch at once. What differs between methods lives in registered functions looked up by the
-spec's names (advantage estimator, aggregation, KL estimator); nothing here branches on a
-method's name.
+spec's names (advantage estimator, policy loss, aggregation, KL estimator); nothing here
+branches on a method's name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from harness.methods.advantages import METHODS, masked_advantages
 from harness.methods.logprobs import token_logprobs
-from harness.methods.losses import aggregate, kl_k3, kl_per_token, pg_per_token
+from harness.methods.losses import POLICY_LOSSES, aggregate, kl_k3, kl_per_token
 from harness.methods.precision import MasterWeightsAdamW
 from harness.methods.regularizers import EWCState
 
@@ -104,7 +104,7 @@ def compute_loss(
     advantages = METHODS.get(spec.name)(rewards, spec)  # [P, G]
     adv = advantages.reshape(-1).to(logp.device)  # [N], prompt-major like the batch
 
-    pg_loss = aggregate(pg_per_token(logp, adv), mask, spec.loss_agg)
+    pg_loss = aggregate(POLICY_LOSSES.get(spec.policy_loss)(logp, adv), mask, spec.loss_agg)
     loss = pg_loss
 
     kl_to_ref = math.nan
@@ -252,7 +252,7 @@ def backward_loss(
                        for k in ("input_ids", "attention_mask", "completion_mask"))
         logp, entropy, mask = token_logprobs(model, ids, am, cm, temperature=temperature)
         w = weights[part, :width - 1].to(logp.device)
-        pg = (w * pg_per_token(logp, adv[part].to(logp.device))).sum()
+        pg = (w * POLICY_LOSSES.get(spec.policy_loss)(logp, adv[part].to(logp.device))).sum()
         loss = pg
         sums["pg_loss"] += float(pg.detach())
         if valid is not None:  # samples without a reward take no part in the metrics either

@@ -1,6 +1,7 @@
 """Policies: loading (tiny / local / hub), rollouts, and code extraction."""
 
-from harness.policy.backends import make_backend
+from harness.policy import lean, vllm_backend  # noqa: F401  (rollout backend registration)
+from harness.policy.backends import ROLLOUT_BACKENDS, make_backend
 from harness.policy.extract import extract_code, strip_prose, truncate_at_stops
 from harness.policy.loading import Policy, enable_activation_checkpointing, load_policy
 from harness.policy.prompting import (
@@ -19,6 +20,7 @@ from harness.policy.rollout import (
 from harness.policy.tiny import default_cache_dir, ensure_tiny, recipe_hash
 
 __all__ = [
+    "ROLLOUT_BACKENDS",
     "HFGenerateBackend",
     "Policy",
     "RolloutBackend",

@@ -1,8 +1,10 @@
-"""`make_backend`: the rollout backend named by `RolloutSpec.backend` (`hf`, `lean`, `vllm`).
+"""The rollout backend registry: `ROLLOUT_BACKENDS` maps a `RolloutSpec.backend` name to its
+factory `(policy, warn) -> RolloutBackend`, and `make_backend` builds the one a spec names.
 
-Kept apart from the backends (`harness.policy.rollout`, `harness.policy.lean`,
-`harness.policy.vllm_backend`): they import `Rollouts` and `encode_prompt` from `rollout`, and
-only this module imports them all, so no backend module imports another one back.
+Each backend registers its own factory in its module (`harness.policy.rollout`: `hf`,
+`harness.policy.lean`: `lean`, `harness.policy.vllm_backend`: `vllm`), and `harness.policy`
+imports them all. This module imports none of them, so no backend module imports another one
+back; the registry is the only list of their names.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.policy.rollout import HFGenerateBackend, RolloutBackend
+from harness.registry import Registry
 
 if TYPE_CHECKING:
     from harness.policy.loading import Policy
+    from harness.policy.rollout import RolloutBackend
 
-ROLLOUT_BACKENDS = ("hf", "lean", "vllm")
+Warn = Callable[[str], None]
+# (the policy the backend samples from, or None; where a backend says it falls back)
+BackendFactory = Callable[["Policy | None", Warn], "RolloutBackend"]
+
+ROLLOUT_BACKENDS: Registry[BackendFactory] = Registry("rollout backend")
 
 
 def _stderr(line: str) -> None:
@@ -24,27 +31,14 @@ def _stderr(line: str) -> None:
 
 
 def make_backend(name: str, policy: Policy | None = None,
-                 warn: Callable[[str], None] | None = None) -> RolloutBackend:
-    """The backend named by `RolloutSpec.backend`: `hf`, or `vllm` when vLLM is installed and
-    the policy is on a CUDA GPU. Otherwise `vllm` falls back to `hf` and says so in one
-    `warning:` line (`warn`, default stderr: the cell's log.txt); the rollouts are then
-    exactly those of a cell with backend hf."""
+                 warn: Warn | None = None) -> RolloutBackend:
+    """The backend named by `RolloutSpec.backend`, from its registered factory. A backend that
+    cannot run here may fall back to another and say so in one `warning:` line (`warn`,
+    default stderr: the cell's log.txt): `vllm` without vLLM or a CUDA GPU is `hf`."""
     from harness.errors import UserError
 
-    if name == "hf":
-        return HFGenerateBackend()
-    if name == "lean":
-        from harness.policy.lean import LeanBackend
-
-        return LeanBackend()
-    if name == "vllm":
-        from harness.policy.vllm_backend import VLLMBackend, vllm_unavailable
-
-        why = vllm_unavailable(policy)
-        if why is None:
-            return VLLMBackend()
-        (warn or _stderr)(f"warning: rollout backend vllm falls back to hf (transformers "
-                          f"generate): {why}")
-        return HFGenerateBackend()
-    raise UserError(f"rollout backend {name!r} is not available; use backend: "
-                    + ", ".join(ROLLOUT_BACKENDS[:-1]) + " or " + ROLLOUT_BACKENDS[-1])
+    if name not in ROLLOUT_BACKENDS:
+        names = ROLLOUT_BACKENDS.names()
+        raise UserError(f"rollout backend {name!r} is not available; use backend: "
+                        + ", ".join(names[:-1]) + " or " + names[-1])
+    return ROLLOUT_BACKENDS.get(name)(policy, warn or _stderr)

@@ -39,6 +39,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from harness.policy.loading import Policy
 
+from harness.policy.backends import ROLLOUT_BACKENDS, Warn
 from harness.policy.rollout import Rollouts, encode_prompt
 
 # Prefill runs at most this many prompt tokens (rows x padded width) at once, so a long batch
@@ -315,3 +316,10 @@ class LeanBackend:
                          **{names["cache"]: cache}, **extra, **kwargs)
             logits = step.logits[:, -1]
         return [out[i, : int(lengths[i])].tolist() for i in range(total)]
+
+
+@ROLLOUT_BACKENDS.register(
+    "lean", "the harness's own decoding loop over the model's forward: one prefill per "
+    "distinct prompt, a preallocated KV cache, finished rows leave the batch.")
+def _lean(policy: Policy | None, warn: Warn) -> LeanBackend:
+    return LeanBackend()

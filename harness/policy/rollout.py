@@ -3,7 +3,8 @@
 `HFGenerateBackend` (`hf`, default) batches every sample into one `model.generate` call
 (left-padded prompts, KV cache). `VLLMBackend` (`vllm`, `harness.policy.vllm_backend`) samples
 with a colocated vLLM engine when vLLM and a GPU are there; `LeanBackend` (`lean`,
-`harness.policy.lean`) is the lean sampler. `harness.policy.backends.make_backend` picks one.
+`harness.policy.lean`) is the lean sampler. Each registers itself in
+`harness.policy.backends.ROLLOUT_BACKENDS`, where `make_backend` picks one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+from harness.policy.backends import ROLLOUT_BACKENDS, Warn
 
 if TYPE_CHECKING:
     from harness.policy.loading import Policy
@@ -138,3 +141,10 @@ class HFGenerateBackend:
 def _cut_at_eos(row: list[int], eos_id: int) -> list[int]:
     """Tokens up to and including the first eos (the rest is padding)."""
     return row[: row.index(eos_id) + 1] if eos_id in row else row
+
+
+@ROLLOUT_BACKENDS.register(
+    "hf", "transformers generate: every sample of a step in one batched call with the KV "
+    "cache (the default).")
+def _hf(policy: Policy | None, warn: Warn) -> HFGenerateBackend:
+    return HFGenerateBackend()

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.errors import UserError
-from harness.policy.rollout import Rollouts, encode_prompt
+from harness.policy.backends import ROLLOUT_BACKENDS, Warn
+from harness.policy.rollout import HFGenerateBackend, RolloutBackend, Rollouts, encode_prompt
 
 if TYPE_CHECKING:
     from harness.policy.loading import Policy
@@ -181,3 +182,17 @@ class VLLMBackend:
             skip_special_tokens=True)
         return Rollouts(texts=texts, prompt_ids=prompt_ids, completion_ids=completion_ids,
                         n=n, seconds=time.perf_counter() - t0)
+
+
+@ROLLOUT_BACKENDS.register(
+    "vllm", "a vLLM engine colocated with the policy on its GPU, weights synced before every "
+    "rollout; needs the `gpu` extra and a CUDA GPU, else falls back to hf with a warning in "
+    "the cell log (not yet verified against a real vLLM).")
+def _vllm(policy: Policy | None, warn: Warn) -> RolloutBackend:
+    """`vllm` when vLLM is installed and the policy is on a CUDA GPU; otherwise `hf`, said in
+    one `warning:` line; the rollouts are then exactly those of a cell with backend hf."""
+    why = vllm_unavailable(policy)
+    if why is None:
+        return VLLMBackend()
+    warn(f"warning: rollout backend vllm falls back to hf (transformers generate): {why}")
+    return HFGenerateBackend()

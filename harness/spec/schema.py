@@ -10,10 +10,22 @@ in cell ids, `exclude` rules and `comparisons`; labels must be unique within an 
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # The built-in policies (everything else is a hub id or a local directory).
 BUILTIN_MODELS = ("tiny",)
@@ -31,6 +43,96 @@ class _Strict(BaseModel):
 Label = Annotated[str, Field(pattern=LABEL_RE)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
+
+
+# --------------------------------------------------------------------------- registries
+# Each kind of component has one registry, the single source of its names: a spec's name for
+# one is checked against it (with a did-you-mean), and `harness spec-schema` lists its names
+# (an `enum` filled when the schema is generated). Imported lazily: the registries' modules
+# import this one.
+REGISTRIES: dict[str, tuple[str, str]] = {
+    "method": ("harness.methods", "METHODS"),
+    "policy_loss": ("harness.methods", "POLICY_LOSSES"),
+    "loss_agg": ("harness.methods", "AGGREGATIONS"),
+    "kl_estimator": ("harness.methods", "KL_ESTIMATORS"),
+    "controller": ("harness.controllers", "CONTROLLERS"),
+    "task_source": ("harness.tasks", "TASK_SOURCES"),
+    "rollout_backend": ("harness.policy.backends", "ROLLOUT_BACKENDS"),
+}
+
+
+def registry(kind: str) -> Any:
+    """The registry of one kind of component (a key of `REGISTRIES`)."""
+    module, attr = REGISTRIES[kind]
+    return getattr(importlib.import_module(module), attr)
+
+
+def _registered(kind: str, value: str) -> str:
+    reg = registry(kind)
+    if value not in reg:
+        raise ValueError(reg.unknown_message(value))
+    return value
+
+
+def _names_enum(kind: str) -> Callable[[dict[str, Any]], None]:
+    def extra(schema: dict[str, Any]) -> None:
+        schema["enum"] = registry(kind).names()
+
+    return extra
+
+
+def Registered(kind: str) -> Any:
+    """`str` holding the name of a registered component of `kind`."""
+    return Annotated[str, AfterValidator(partial(_registered, kind)),
+                     Field(json_schema_extra=_names_enum(kind))]
+
+
+def _params_by_name(kind: str) -> Callable[[dict[str, Any]], None]:
+    """Schema extra of a `params` field: each registered component's parameters and their
+    defaults, appended to the field's description."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        reg = registry(kind)
+        parts = []
+        for name in reg:
+            fields = reg.get(name).Params.model_fields
+            shown = ", ".join(f"{k}=" + ("required" if f.is_required() else
+                                        json.dumps(f.get_default(call_default_factory=True)))
+                              for k, f in fields.items()) or "none"
+            parts.append(f"{name}: {shown}")
+        schema["description"] = f"{schema.get('description', '')} Per {kind}: " + "; ".join(
+            parts) + "."
+
+    return extra
+
+
+def resolve_params(kind: str, name: str, params_cls: type[BaseModel],
+                   params: dict[str, Any]) -> dict[str, Any]:
+    """`params` checked against a component's own `Params` model and completed with its
+    defaults (plain JSON), so the resolved spec and every hash state every value the
+    component uses. Raises ValueError naming the parameter (did-you-mean for unknown keys)."""
+    try:
+        return params_cls.model_validate(params).model_dump(mode="json")
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            from harness.registry import did_you_mean
+
+            msg = (f"unknown parameter{did_you_mean(loc, list(params_cls.model_fields))}; "
+                   f"{kind} {name} takes: {', '.join(params_cls.model_fields) or 'none'}")
+        raise ValueError(f"params.{loc}: {msg}") from None
+
+
+# Names of registered components (str, checked against the registry).
+MethodName = Registered("method")
+PolicyLossName = Registered("policy_loss")
+LossAggName = Registered("loss_agg")
+KLEstimatorName = Registered("kl_estimator")
+ControllerName = Registered("controller")
+TaskSourceName = Registered("task_source")
+RolloutBackendName = Registered("rollout_backend")
 
 
 # --------------------------------------------------------------------------- models
@@ -107,7 +209,8 @@ class KLConfig(_Strict):
     """KL penalty beta * KL(pi || pi_ref) added to the loss."""
 
     beta: float = Field(0.05, ge=0, description="Penalty weight.")
-    estimator: Literal["k1", "k3"] = Field("k3", description="Per-token KL estimator.")
+    estimator: KLEstimatorName = Field(
+        "k3", description="Per-token KL estimator (registered: `harness components`).")
     reference: Literal["chain_start", "campaign_start"] = Field(
         "chain_start", description="Policy the KL is measured against.")
     ratio_correction: bool = Field(
@@ -124,15 +227,25 @@ class EWCConfig(_Strict):
     fisher_batches: PositiveInt = Field(4, description="Rollout batches used to estimate F.")
 
 
-class MethodSpec(_Strict):
-    """How a step turns rewards into an update (docs/design.md section 2, Methods)."""
+# Method options that were flat keys of a method before they became its params.
+MOVED_TO_PARAMS = ("baseline", "eps")
 
-    name: str = Field(description="Registered method: reinforce, grpo or rloo.")
+
+class MethodSpec(_Strict):
+    """How a step turns rewards into an update (docs/design.md section 2, Methods).
+
+    `params` are the method's own parameters (its `Params` model: unknown keys are errors,
+    defaults are filled in when the spec is validated)."""
+
+    name: MethodName = Field(description="Registered method (`harness components`).")
     label: Label | None = Field(None, description="Name in cell ids; default: the name.")
-    baseline: Literal["none", "batch_mean"] = Field(
-        "none", description="reinforce only: subtract the batch mean reward.")
-    eps: float = Field(1e-4, gt=0, description="grpo only: added to the group std.")
-    loss_agg: Literal["token_mean", "seq_mean", "seq_sum"] = Field(
+    params: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=_params_by_name("method"),
+        description="Method parameters, checked and completed by the method's Params model.")
+    policy_loss: PolicyLossName = Field(
+        "reinforce", description="Per-token policy-gradient term (registered policy loss); "
+        "reinforce: -A * ratio with ratio = exp(logp - logp.detach()), 1 in value.")
+    loss_agg: LossAggName = Field(
         "seq_sum",
         description="token_mean: sum over all completion tokens / their count; seq_mean: mean "
         "over sequences of each sequence's token mean; seq_sum: mean over sequences of each "
@@ -140,14 +253,23 @@ class MethodSpec(_Strict):
     kl: KLConfig | None = Field(None, description="Optional KL regulariser.")
     ewc: EWCConfig | None = Field(None, description="Optional EWC regulariser.")
 
-    @field_validator("name")
+    @model_validator(mode="before")
     @classmethod
-    def _known_method(cls, v: str) -> str:
-        from harness.methods import METHODS
+    def _moved_to_params(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in MOVED_TO_PARAMS:
+                if key in data:
+                    raise ValueError(f"method.{key} moved to method.params.{key} (write "
+                                     f"`params: {{{key}: {data[key]}}}`)")
+        return data
 
-        if v not in METHODS:
-            raise ValueError(METHODS.unknown_message(v))
-        return v
+    @model_validator(mode="after")
+    def _resolve_params(self) -> MethodSpec:
+        """Check params against the method's own schema and fill its defaults."""
+        params_cls = registry("method").get(self.name).Params
+        object.__setattr__(self, "params",
+                           resolve_params("method", self.name, params_cls, self.params))
+        return self
 
     @property
     def arm(self) -> str:
@@ -158,45 +280,25 @@ class MethodSpec(_Strict):
 class ControllerSpec(_Strict):
     """What carries from one campaign to the next (docs/design.md section 2, Controllers).
 
-    `params` are the controller's own parameters; each controller documents its keys and
-    defaults and rejects unknown ones when a cell starts.
+    `params` are the controller's own parameters (its `Params` model: unknown keys are
+    errors, defaults are filled in when the spec is validated).
     """
 
-    name: str = Field(description="Registered controller (`harness components`).")
+    name: ControllerName = Field(
+        description="Registered controller (`harness components`).")
     label: Label | None = Field(None, description="Name in cell ids; default: the name.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Controller parameters.")
-
-    @field_validator("name")
-    @classmethod
-    def _known_controller(cls, v: str) -> str:
-        from harness.controllers import CONTROLLERS
-
-        if v not in CONTROLLERS:
-            raise ValueError(CONTROLLERS.unknown_message(v))
-        return v
+    params: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=_params_by_name("controller"),
+        description="Controller parameters, checked and completed by the controller's Params "
+        "model.")
 
     @model_validator(mode="after")
     def _resolve_params(self) -> ControllerSpec:
         """Check params against the controller's own schema and fill its defaults, so the
         resolved spec (and every hash) states every threshold the controller uses."""
-        from pydantic import ValidationError
-
-        from harness.controllers import CONTROLLERS
-
-        params_cls = CONTROLLERS.get(self.name).Params
-        try:
-            full = params_cls.model_validate(self.params).model_dump(mode="json")
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            msg = first["msg"]
-            if first["type"] == "extra_forbidden":
-                from harness.registry import did_you_mean
-
-                msg = (f"unknown parameter{did_you_mean(loc, list(params_cls.model_fields))}; "
-                       f"{self.name} takes: {', '.join(params_cls.model_fields) or 'none'}")
-            raise ValueError(f"params.{loc}: {msg}") from None
-        object.__setattr__(self, "params", full)
+        params_cls = registry("controller").get(self.name).Params
+        object.__setattr__(self, "params",
+                           resolve_params("controller", self.name, params_cls, self.params))
         return self
 
     @property
@@ -219,7 +321,8 @@ class ChainSpec(_Strict):
 
 
 class TasksSpec(_Strict):
-    source: str = Field("synthetic", description="Registered task source, e.g. `synthetic`.")
+    source: TaskSourceName = Field(
+        "synthetic", description="Registered task source (`harness components`).")
     train: PositiveInt = Field(50, description="Train-split problems (what campaigns optimise).")
     eval: PositiveInt = Field(30, description="Eval-split problems (per-step pass@1, selection).")
     test: PositiveInt = Field(30, description="Test-split problems (final numbers only).")
@@ -231,15 +334,6 @@ class TasksSpec(_Strict):
         "dataset_split, difficulty, max_statement_chars, max_tests, max_test_bytes, "
         "float_tol and their own (docs/task-sources.md); their defaults are filled in. "
         "synthetic: stdio_share, min_ops, max_ops.")
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, v: str) -> str:
-        from harness.tasks import TASK_SOURCES
-
-        if v not in TASK_SOURCES:
-            raise ValueError(TASK_SOURCES.unknown_message(v))
-        return v
 
     @model_validator(mode="after")
     def _resolve_options(self) -> TasksSpec:
@@ -265,15 +359,9 @@ class RolloutSpec(_Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for training.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for training.")
     max_new_tokens: PositiveInt = Field(512, description="Completion length cap.")
-    backend: Literal["hf", "lean", "vllm"] = Field(
-        "hf", description="Rollout backend: hf (transformers generate), lean (the harness's "
-        "own decoding loop over the model's forward: one prefill per distinct prompt, a "
-        "preallocated KV cache, finished rows leave the batch; docs/rollout-backends.md) "
-        "or vllm (a vLLM engine "
-        "colocated with the policy on its GPU, weights synced before every rollout; needs the "
-        "`gpu` extra and a CUDA GPU, else falls back to hf with a warning in the cell log; "
-        "not yet verified against a real vLLM, see docs/rollout-backends.md). Part of "
-        "the cell's identity: the two sample differently.")
+    backend: RolloutBackendName = Field(
+        "hf", description="Rollout backend (`harness components` says what each one is; "
+        "docs/rollout-backends.md). Part of the cell's identity: backends sample differently.")
 
 
 class OptimSpec(_Strict):
@@ -362,7 +450,8 @@ class ResourcesSpec(_Strict):
                                  "with `distributed`, also the number of processes.")
     cpus_per_cell: float = Field(1, gt=0, description="CPUs requested per cell (ray).")
     distributed: str = Field(
-        "none", description="How one cell trains: `none` (one process) or a DeepSpeed "
+        "none", json_schema_extra=lambda schema: schema.update(enum=_distributed_names()),
+        description="How one cell trains: `none` (one process) or a DeepSpeed "
         "configuration shipped in harness/distributed: data-parallel training on "
         "gpus_per_cell processes (one GPU each; CPU processes where no GPU is visible), "
         "started by `harness run-cell`: zero2-3b (ZeRO-2, 2 GPUs, models up to ~4B), "
@@ -373,7 +462,7 @@ class ResourcesSpec(_Strict):
     def _known_distributed(cls, v: str) -> str:
         from harness import distributed
 
-        known = [distributed.NONE, *distributed.available()]
+        known = _distributed_names()
         if v not in known:
             from harness.registry import did_you_mean
 
@@ -391,6 +480,12 @@ class ResourcesSpec(_Strict):
                              f"gpus_per_cell must be a whole number >= 2, not "
                              f"{self.gpus_per_cell:g} (one GPU: distributed: none)")
         return self
+
+
+def _distributed_names() -> list[str]:
+    from harness import distributed
+
+    return [distributed.NONE, *distributed.available()]
 
 
 # --------------------------------------------------------------------------- the spec

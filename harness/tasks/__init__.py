@@ -2,10 +2,11 @@
 
 A task source is a callable `(tasks: TasksSpec) -> {"train": [...], "eval": [...],
 "test": [...]}` (or a `Selection`, which also says how the problems were chosen) registered
-in `TASK_SOURCES` under the name a spec's `tasks.source` uses. It validates its own
-`tasks.options` (unknown keys -> ValueError) and must return disjoint, deterministic splits
-of the requested sizes. A source with an `Options` model (the dataset sources) has its
-options checked and completed when the spec is validated (`resolve_options`).
+in `TASK_SOURCES` (`harness.tasks.registry`) under the name a spec's `tasks.source` uses, by
+its own module. It validates its own `tasks.options` (unknown keys -> ValueError) and must
+return disjoint, deterministic splits of the requested sizes. A source with an `Options`
+model (the dataset sources) has its options checked and completed when the spec is validated
+(`resolve_options`). This package only imports the source modules, which registers them.
 
 Built in: `synthetic` (see `harness.tasks.synthetic`), and the dataset sources `humaneval`,
 `mbpp`, `apps`, `taco`, `code_contests`, `livecodebench` (see `harness.tasks.dataset` for
@@ -14,39 +15,25 @@ loading, dropping and selection, and each source's module for its record format 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from harness.registry import Registry
-from harness.tasks import synthetic
-from harness.tasks.apps import APPSSource, TACOSource
+# the source modules register themselves in TASK_SOURCES when imported
+from harness.tasks import (  # noqa: F401
+    apps,
+    code_contests,
+    humaneval,
+    livecodebench,
+    mbpp,
+    synthetic,
+)
 from harness.tasks.base import STYLES, Style, Task, grader_request, program
-from harness.tasks.code_contests import CodeContestsSource
 from harness.tasks.dataset import Drop, Selection
-from harness.tasks.humaneval import HumanEvalSource
-from harness.tasks.livecodebench import LiveCodeBenchSource
-from harness.tasks.mbpp import MBPPSource
+from harness.tasks.registry import TASK_SOURCES, TaskSource
 
 if TYPE_CHECKING:
     from harness.spec.schema import TasksSpec
 
 SPLITS = ("train", "eval", "test")
-TaskSource = Callable[["TasksSpec"], "dict[str, list[Task]] | Selection"]
-TASK_SOURCES: Registry[TaskSource] = Registry("task source")
-
-
-@TASK_SOURCES.register("synthetic")
-def _synthetic(tasks: TasksSpec) -> dict[str, list[Task]]:
-    sizes = {"train": tasks.train, "eval": tasks.eval, "test": tasks.test}
-    return {s: synthetic.split_tasks(s, n, tasks.split_seed, tasks.options)
-            for s, n in sizes.items()}
-
-
-_synthetic.version = synthetic.FAMILY_VERSION  # type: ignore[attr-defined]
-
-for _source in (HumanEvalSource(), MBPPSource(), APPSSource(), TACOSource(),
-                CodeContestsSource(), LiveCodeBenchSource()):
-    TASK_SOURCES.add(_source.name, _source)
 
 
 def source_version(name: str) -> str | None:

@@ -47,6 +47,7 @@ from harness.tasks.dataset import (
     comment_block,
 )
 from harness.tasks.options import DatasetOptions
+from harness.tasks.registry import TASK_SOURCES
 
 APPS_HUB_ID = "codeparrot/apps"
 APPS_REVISION = "21e74ddf8de1a21436da12e3e653065c5213e9d1"
@@ -213,6 +214,8 @@ class APPSSource(DatasetSource):
     (introductory / interview / competition), `url`, `starter_code`. No time limits."""
 
     name = "apps"
+    description = ("APPS (codeparrot/apps): competitive-programming problems, stdin/stdout or "
+                   "call-based, difficulty introductory / interview / competition.")
     Options = APPSOptions
     hub_id = APPS_HUB_ID
     id_column = "problem_id"
@@ -275,6 +278,8 @@ class TACOSource(DatasetSource):
     `Expected Time Complexity`. No id field: the row index within the split is the id."""
 
     name = "taco"
+    description = ("TACO (BAAI/TACO): competitive-programming problems in APPS's format, "
+                   "with their time limits.")
     Options = TACOOptions
     hub_id = TACO_HUB_ID
     difficulty_column = "difficulty"
@@ -303,3 +308,7 @@ class TACOSource(DatasetSource):
              "name": row.get("name"), "origin": row.get("source"),
              "time_limit": row.get("time_limit"), "memory_limit": row.get("memory_limit")},
             time_limit_s=limit)
+
+
+TASK_SOURCES.add(APPSSource.name, APPSSource())
+TASK_SOURCES.add(TACOSource.name, TACOSource())

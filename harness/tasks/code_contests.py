@@ -28,6 +28,7 @@ from harness.tasks.apps import STDIO_HINT
 from harness.tasks.base import Task
 from harness.tasks.dataset import DatasetSource, Drop, budget_tests, code_block, comment_block
 from harness.tasks.options import DatasetOptions
+from harness.tasks.registry import TASK_SOURCES
 
 HUB_ID = "deepmind/code_contests"
 PINNED_REVISION = "802411c3010cb00d1b05bad57ca77365a3c699d6"
@@ -83,6 +84,8 @@ def _pairs(tests: Any) -> list[dict[str, str]]:
 
 class CodeContestsSource(DatasetSource):
     name = "code_contests"
+    description = ("CodeContests (deepmind/code_contests): stdin/stdout contest problems from "
+                   "Codeforces, AtCoder, CodeChef and others.")
     Options = CodeContestsOptions
     hub_id = HUB_ID
     id_column = "name"
@@ -136,3 +139,6 @@ class CodeContestsSource(DatasetSource):
             statement=description,
             time_limit_s=time_limit_seconds(row.get("time_limit")) if opts.time_limits
             else None, float_tol=opts.float_tol)
+
+
+TASK_SOURCES.add(CodeContestsSource.name, CodeContestsSource())

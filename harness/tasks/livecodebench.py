@@ -49,6 +49,7 @@ from harness.tasks.dataset import (
     is_plain_json,
 )
 from harness.tasks.options import DatasetOptions
+from harness.tasks.registry import TASK_SOURCES
 
 HUB_ID = "livecodebench/code_generation_lite"
 PINNED_REVISION = "0fe84c3912ea0c4d4a78037083943e8f0c4dd505"
@@ -146,6 +147,8 @@ class LiveCodeBenchOptions(DatasetOptions):
 
 class LiveCodeBenchSource(DatasetSource):
     name = "livecodebench"
+    description = ("LiveCodeBench code generation (livecodebench/code_generation_lite): "
+                   "LeetCode, AtCoder and Codeforces problems with contest dates.")
     Options = LiveCodeBenchOptions
     hub_id = HUB_ID
     id_column = "question_id"
@@ -232,3 +235,6 @@ class LiveCodeBenchSource(DatasetSource):
             reference="", meta={**meta, **counts, "n_tests": len(tests), "fn_name": fn},
             statement=question, starter_code=starter, fn_name=fn,
             chat_prefix=COMPETITIVE_HEADER, code_suffix=call_shim(fn), float_tol=opts.float_tol)
+
+
+TASK_SOURCES.add(LiveCodeBenchSource.name, LiveCodeBenchSource())

@@ -25,6 +25,7 @@ from pydantic import Field
 from harness.tasks.base import Task
 from harness.tasks.dataset import DatasetSource, Drop, code_block, comment_block
 from harness.tasks.options import DatasetOptions
+from harness.tasks.registry import TASK_SOURCES
 
 HUB_ID = "google-research-datasets/mbpp"
 PINNED_REVISION = "4bb6404fdc6cacfda99d4ac4205087b89d32030c"
@@ -80,6 +81,8 @@ def entry_point_of(code: str, tests: list[str]) -> str | None:
 
 class MBPPSource(DatasetSource):
     name = "mbpp"
+    description = ("MBPP (google-research-datasets/mbpp, full or sanitized): a function from "
+                   "a short statement, graded by its asserts.")
     Options = MBPPOptions
     hub_id = HUB_ID
     id_column = "task_id"
@@ -119,3 +122,6 @@ class MBPPSource(DatasetSource):
                   "config": opts.config, "revision": opts.revision, "difficulty": None,
                   "n_tests": len(tests)},
             statement=statement)
+
+
+TASK_SOURCES.add(MBPPSource.name, MBPPSource())

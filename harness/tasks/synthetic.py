@@ -43,9 +43,13 @@ import hashlib
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.tasks.base import Task
+from harness.tasks.registry import TASK_SOURCES
+
+if TYPE_CHECKING:
+    from harness.spec.schema import TasksSpec
 
 FAMILY = "synthetic"
 FAMILY_VERSION = 2
@@ -255,3 +259,19 @@ def warm_start_tasks(n: int, seed: int, stdio_share: float = 0.25) -> list[Task]
         if is_valid(ops) and partition_of(ops) == "warm":
             out.append(make_task(ops, "stdio" if rng.random() < stdio_share else "call"))
     return out
+
+
+class SyntheticSource:
+    """The `synthetic` task source: `split_tasks` for each split (options checked there)."""
+
+    name = "synthetic"
+    version = FAMILY_VERSION
+    description = ('the synthetic family: "apply 1-3 integer operations to x", call or stdio '
+                   "style, 5 hidden tests each (the CPU testbed's tasks).")
+
+    def __call__(self, tasks: TasksSpec) -> dict[str, list[Task]]:
+        sizes = {"train": tasks.train, "eval": tasks.eval, "test": tasks.test}
+        return {s: split_tasks(s, n, tasks.split_seed, tasks.options) for s, n in sizes.items()}
+
+
+TASK_SOURCES.add(SyntheticSource.name, SyntheticSource())
