@@ -238,74 +238,15 @@ def run_cell(
     calls. Writes trace.jsonl and result.json beside config.json. A cell whose spec sets
     resources.distributed runs as resources.gpus_per_cell data-parallel processes (one GPU
     each; CPU processes where none is visible), started and awaited here."""
-    import fcntl
-    import os
+    from harness.runner.entry import run_cell_dir
 
-    cfg_path = cell_dir / "config.json"
-    try:
-        doc = json.loads(cfg_path.read_text())
-        cid = doc["cell_id"]
-        raw = doc["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read cell config {cfg_path}: {e}") from None
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import torch
-    import transformers
-    from pydantic import ValidationError
-
-    from harness.runner.cell import CellConfig, CellRunner
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        cfg = CellConfig.from_dict(cid, raw)
-    except (ValidationError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"cell {cid}: config {cfg_path} is not a valid cell config ({first}); "
-                        "re-create it with `harness bench`") from None
-    from harness.distributed import runtime
-
-    distributed = cfg.resources.distributed != "none"
-    rank = os.environ.get(runtime.RANK_ENV)  # set in the processes `runtime.launch` starts
-    world = runtime.world_size(cfg.resources) if distributed else 1
-    # Threads per cell come from the spec (resources.cpus_per_cell), split over its ranks: the
-    # thread count changes floating-point reduction order, so it is part of the cell's identity.
-    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_cell) // world))
-    if rank is None:  # the cell's own process (not one of its ranks): one at a time
-        try:
-            lock = open(cell_dir / ".lock", "w")  # noqa: SIM115 (held for the process's life)
-        except OSError as e:
-            raise UserError(f"cell {cid}: cannot write in {cell_dir}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"cell {cid} is already running in another process") from None
-    try:
-        if distributed and rank is None:  # start the ranks, each runs this command
-            runtime.check_supported(cfg.resources.distributed, cfg.model.dtype)
-            if cfg.model.id == "tiny":  # built once here, not by every rank at once
-                from harness.policy.tiny import TinyRecipe, ensure_tiny
-
-                ensure_tiny(cfg.model.tiny or TinyRecipe())
-            code = runtime.launch([sys.executable, "-m", "harness.cli", "run-cell",
-                                   str(cell_dir)], world, cell_dir)
-            if code:
-                raise typer.Exit(code)
-            result = json.loads((cell_dir / "result.json").read_text())
-        elif distributed:
-            ranks = runtime.Ranks.join()
-            result = CellRunner(cfg, cell_dir, ranks=ranks).run()
-            torch.distributed.destroy_process_group()
-            if not ranks.main:
-                return
-        else:
-            result = CellRunner(cfg, cell_dir).run()
-    except UserError as e:
-        msg = str(e)
-        raise UserError(msg if msg.startswith(f"cell {cid}") else f"cell {cid}: {msg}") from None
+    result = run_cell_dir(cell_dir)
+    if result is None:  # a data-parallel rank other than the first
+        return
     eoc = result["end_of_chain"]
-    out.print(f"cell {cid} finished: end-of-chain pass@1 test {eoc['pass1_test']:.3f}, "
-              f"eval {eoc['pass1_eval']:.3f}", markup=False, highlight=False)
+    out.print(f"cell {result['cell_id']} finished: end-of-chain pass@1 test "
+              f"{eoc['pass1_test']:.3f}, eval {eoc['pass1_eval']:.3f}", markup=False,
+              highlight=False)
 
 
 # --------------------------------------------------------------------------- MLflow

@@ -11,11 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
-from harness.spec.schema import ControllerSpec, MethodSpec, ModelSpec, Spec
+from harness.spec.schema import (
+    ChainSpec,
+    ControllerSpec,
+    EvalSpec,
+    GraderSpec,
+    MethodSpec,
+    ModelSpec,
+    OptimSpec,
+    ResourcesSpec,
+    RolloutSpec,
+    Spec,
+    TasksSpec,
+)
 
 # Sections of the spec shared by every cell and part of each cell's config (`resources`
 # included: the CPU threads a cell uses change floating-point reduction order).
@@ -42,14 +54,36 @@ def spec_hash(spec: Spec) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One model x method x controller x seed of a spec's grid."""
+    """One model x method x controller x seed of a spec's grid, with every section of its
+    resolved config parsed: what `harness bench` plans and what the cell runner runs.
+    `config` is the same config as plain JSON data (stored as the cell's config.json; its
+    hash is in `cell_id`)."""
 
     cell_id: str
     model: ModelSpec
     method: MethodSpec
     controller: ControllerSpec
     seed: int
-    config: dict[str, Any]
+    chain: ChainSpec
+    tasks: TasksSpec
+    eval: EvalSpec
+    rollout: RolloutSpec
+    optim: OptimSpec
+    grader: GraderSpec
+    resources: ResourcesSpec
+    config: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, cell_id: str, cfg: dict[str, Any]) -> Cell:
+        """A cell from its config data (config.json's `config`); pydantic errors on a config
+        that is not valid."""
+        return cls(
+            cell_id=cell_id, model=ModelSpec(**cfg["model"]), method=MethodSpec(**cfg["method"]),
+            controller=ControllerSpec(**cfg["controller"]), seed=int(cfg["seed"]),
+            chain=ChainSpec(**cfg["chain"]), tasks=TasksSpec(**cfg["tasks"]),
+            eval=EvalSpec(**cfg["eval"]), rollout=RolloutSpec(**cfg["rollout"]),
+            optim=OptimSpec(**cfg["optim"]), grader=GraderSpec(**cfg["grader"]),
+            resources=ResourcesSpec(**cfg["resources"]), config=cfg)
 
     @property
     def arm(self) -> str:
@@ -117,5 +151,5 @@ def expand_cells(spec: Spec) -> list[Cell]:
         cfg = cell_config(spec, model, method, controller, seed)
         digest = sha256_json(cfg)[:10]
         cid = f"{model.name}_{method.arm}_{controller.arm}_s{seed}_{digest}"
-        cells.append(Cell(cid, model, method, controller, seed, cfg))
+        cells.append(Cell.from_dict(cid, cfg))
     return cells
