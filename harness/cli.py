@@ -19,6 +19,7 @@ from rich.table import Table
 
 from harness import __version__
 from harness.errors import SpecError, UserError
+from harness.guard.cli import guard_app
 
 app = typer.Typer(
     name="harness",
@@ -422,6 +423,7 @@ baseline_app = typer.Typer(
     "arms with provenance; `harness gate` checks runs against them.",
     no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
+app.add_typer(guard_app, name="guard")
 
 
 @baseline_app.command("register")

@@ -21,9 +21,13 @@ from harness.controllers.collapse_guard import (
     prob_drop,
 )
 from harness.controllers.oracles import hindsight_oracle, trace_oracle
+from harness.guard.tune import OFF as ALL_OFF
 
 LR = 1e-6
-OFF = {"entropy_frac": None, "kl_jump": None, "drop_confidence": None}
+# every signal off, with the eval-drop margin these hand-made curves were drawn for
+OFF = {**ALL_OFF, "drop_delta": 0.05}
+# the three-signal rule these hand-made curves were drawn for (not the tuned defaults)
+RULE = {**OFF, "entropy_frac": 0.5, "kl_jump": 0.05, "drop_confidence": 0.9}
 
 # A rise, a slow slide, then the cliff: peak 0.53 at step 7, onset (first pass@1 below
 # peak - gap/2 = 0.285) at step 13. Entropy and KL give the warning first.
@@ -68,13 +72,13 @@ def history(campaigns: Sequence[list[dict]], max_steps: int = 20) -> History:
 
 # --------------------------------------------------------------------------- guard: firing
 def test_guard_fires_before_the_cliff_on_a_collapse() -> None:
-    step = guard_trigger_step(CLIFF)
+    step = guard_trigger_step(CLIFF, RULE)
     assert step is not None and 7 < step < CLIFF_ONSET
     assert lead_time(CLIFF, step, threshold=0.2) == CLIFF_ONSET - step > 0
 
 
 def test_guard_does_not_fire_on_a_clean_rise() -> None:
-    assert guard_trigger_step(RISE) is None
+    assert guard_trigger_step(RISE, RULE) is None
 
 
 @pytest.mark.parametrize(("signal", "params", "step", "words"), [
@@ -97,19 +101,19 @@ def test_guard_with_every_signal_off_never_fires() -> None:
 def test_guard_skips_signals_whose_fields_are_missing_or_not_finite() -> None:
     recs = records(CLIFF_EVAL, [float("nan"), *CLIFF_ENTROPY[1:]])  # no kl_to_ref at all
     # entropy_0 is missing, so the start value is step 1's (0.98): 0.47 < 0.49 at step 10
-    assert guard_trigger_step(recs, {"drop_confidence": None}) == 10
-    assert guard_trigger_step(records(CLIFF_EVAL), {"drop_confidence": None}) is None
+    assert guard_trigger_step(recs, {**RULE, "drop_confidence": None}) == 10
+    assert guard_trigger_step(records(CLIFF_EVAL), {**RULE, "drop_confidence": None}) is None
 
 
 def test_guard_never_fires_before_min_step() -> None:
     recs = records([0.9, 0.1, 0.1])
-    assert guard_trigger_step(recs) == 1
-    assert guard_trigger_step(recs, {"min_step": 2}) == 2
+    assert guard_trigger_step(recs, RULE) == 1
+    assert guard_trigger_step(recs, {**RULE, "min_step": 2}) == 2
 
 
 def test_credible_drop_needs_enough_eval_samples() -> None:
     peak, now = {"eval_pass1": 0.50}, {"eval_pass1": 0.35}
-    p = GuardParams()
+    p = GuardParams(drop_delta=0.05)
     assert prob_drop(now, peak, p) > 0.9                    # 240 samples: credible
     small = {"eval_samples": 10}
     assert prob_drop({**now, **small}, {**peak, **small}, p) < 0.9
@@ -138,8 +142,8 @@ def test_lead_time_is_negative_when_the_guard_fires_late() -> None:
 
 # --------------------------------------------------------------------------- guard: controller
 def test_guard_should_stop_gives_the_reason_at_the_trigger_step() -> None:
-    g = make_controller("collapse_guard")
-    step = guard_trigger_step(CLIFF)
+    g = make_controller("collapse_guard", RULE)
+    step = guard_trigger_step(CLIFF, RULE)
     assert step is not None
     assert g.should_stop(CLIFF[:step], history([])) is None
     reason = g.should_stop(CLIFF[:step + 1], history([]))
@@ -147,8 +151,8 @@ def test_guard_should_stop_gives_the_reason_at_the_trigger_step() -> None:
 
 
 def test_guard_plan_rolls_back_to_the_peak_after_it_fired() -> None:
-    g = make_controller("collapse_guard")
-    step = guard_trigger_step(CLIFF)
+    g = make_controller("collapse_guard", RULE)
+    step = guard_trigger_step(CLIFF, RULE)
     assert step is not None
     p = g.plan(history([RISE, CLIFF[:step + 1]]))
     assert (p.start_from, p.budget, p.lr) == ("c1:peak", 20, LR)
@@ -156,7 +160,7 @@ def test_guard_plan_rolls_back_to_the_peak_after_it_fired() -> None:
 
 
 def test_guard_plan_continues_from_last_after_a_quiet_campaign() -> None:
-    p = make_controller("collapse_guard").plan(history([RISE]))
+    p = make_controller("collapse_guard", RULE).plan(history([RISE]))
     assert (p.start_from, p.budget, p.lr) == ("c0:last", 20, LR)
 
 
@@ -203,8 +207,8 @@ def campaigns(draw: st.DrawFn) -> list[dict]:
 @settings(max_examples=40, deadline=None)
 @given(recs=campaigns())
 def test_guard_trigger_is_the_first_prefix_where_should_stop_fires(recs: list[dict]) -> None:
-    g = make_controller("collapse_guard")
-    step = guard_trigger_step(recs)
+    g = make_controller("collapse_guard", RULE)
+    step = guard_trigger_step(recs, RULE)
     stops = [t for t in range(len(recs)) if g.should_stop(recs[:t + 1], history([]))]
     assert step == (stops[0] if stops else None)
     assert step is None or step >= 1
@@ -228,10 +232,10 @@ ALARM = records([0.5, 0.5, 0.35, 0.45, 0.45])               # credible dip, reco
 
 
 def test_guard_report_counts_catches_misses_and_false_alarms() -> None:
-    rep = guard_report([CLIFF, LATE, SILENT, ALARM, RISE], threshold=0.2)
-    assert rep["params"] == GuardParams().model_dump(mode="json") and rep["threshold"] == 0.2
+    rep = guard_report([CLIFF, LATE, SILENT, ALARM, RISE], RULE, threshold=0.2)
+    assert rep["params"] == GuardParams(**RULE).model_dump(mode="json") and rep["threshold"] == 0.2
     rows = {r["campaign"]: r for r in rep["campaigns"]}
-    step = guard_trigger_step(CLIFF)
+    step = guard_trigger_step(CLIFF, RULE)
     assert step is not None
     assert rows[0] | {"reason": None} == {
         "campaign": 0, "trigger_step": step, "reason": None, "collapsed": True,
@@ -255,6 +259,6 @@ def test_guard_report_uses_its_params_and_threshold() -> None:
         "campaigns": 1, "collapsed": 1, "caught": 0, "late": 0, "missed": 1,
         "false_alarms": 0, "quiet": 0, "mean_lead_time": 0}
     assert rep["summary"]["mean_lead_time"] is None
-    rep = guard_report([CLIFF], threshold=0.6)                 # gap 0.49: no collapse here
+    rep = guard_report([CLIFF], RULE, threshold=0.6)                 # gap 0.49: no collapse here
     assert rep["summary"]["false_alarms"] == 1 and rep["campaigns"][0]["onset"] is None
     assert guard_report([])["summary"]["mean_lead_time"] is None

@@ -1,0 +1,204 @@
+"""The collapse guard: each signal on hand-made records with a known answer, scoring and tuning
+on hand-made campaigns, the stream over another trainer's metric names, and the TRL callback
+on a real GRPOTrainer run of the built-in tiny policy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from harness.guard import SIGNALS, GuardParams, guard_trigger
+from harness.guard.score import Campaign, score, totals
+from harness.guard.stream import GuardStream, guard_stream, to_record
+from harness.guard.tune import OFF, tune
+
+# every signal off: a test switches on the one it checks
+NONE = GuardParams(**OFF)
+
+
+def _recs(**cols: list[Any]) -> list[dict[str, Any]]:
+    n = len(next(iter(cols.values())))
+    return [{"step": i, **{k: v[i] for k, v in cols.items()}} for i in range(n)]
+
+
+def _fires(name: str, recs: list[dict[str, Any]], **params: Any) -> list[int]:
+    p = NONE.model_copy(update=params)
+    return [r["step"] for t, r in enumerate(recs) if SIGNALS.get(name)(recs, t, p)]
+
+
+def test_every_signal_is_registered_and_documented() -> None:
+    import harness.guard.signals as mod
+
+    assert set(SIGNALS.names()) == {"eval_drop", "entropy_level", "entropy_slope", "kl_jump",
+                                    "zero_var", "length_drift", "truncated", "reward_gap"}
+    for name in SIGNALS.names():
+        assert f"`{name}`" in mod.__doc__, name
+
+
+def test_eval_drop_fires_only_on_a_credible_drop_below_the_running_peak() -> None:
+    recs = _recs(eval_pass1=[0.5, 0.7, 0.68, 0.6, 0.3], eval_samples=[480] * 5)
+    # 0.68 vs a peak of 0.70 is noise at n = 480 (P(lower) ~ 0.73); 0.60 is credibly more
+    # than 5 points lower (P ~ 0.94) but not credibly more than 10 (P ~ 0.5); 0.30 is both
+    assert _fires("eval_drop", recs, drop_delta=0.0, drop_confidence=0.9) == [3, 4]
+    assert _fires("eval_drop", recs, drop_delta=0.05, drop_confidence=0.9) == [3, 4]
+    assert _fires("eval_drop", recs, drop_delta=0.1, drop_confidence=0.9) == [4]
+    # with few samples the same values are credible only for the largest drop
+    few = [{**r, "eval_samples": 10} for r in recs]
+    assert _fires("eval_drop", few, drop_delta=0.05, drop_confidence=0.9) == [4]
+
+
+def test_entropy_level_and_slope() -> None:
+    recs = _recs(entropy=[1.0, 0.95, 0.9, 0.6, 0.3, 0.29])
+    assert _fires("entropy_level", recs, entropy_frac=0.5) == [4, 5]
+    # slope over 3 steps, relative to the start value 1.0: -0.05, -0.175, -0.3, -0.155
+    assert _fires("entropy_slope", recs, entropy_slope=0.1, slope_window=3) == [3, 4, 5]
+    assert _fires("entropy_slope", recs, entropy_slope=0.2, slope_window=3) == [4]
+
+
+def test_kl_jump_zero_var_length_truncated_and_reward_gap() -> None:
+    recs = _recs(kl_to_ref=[0.0, 0.01, 0.02, 0.3, 0.31],
+                 zero_var_groups=[0.1, 0.2, 0.8, 0.9, 1.0],
+                 completion_len=[20.0, 22.0, 30.0, 31.0, 12.0],
+                 train_reward=[0.5, 0.6, 0.9, 0.9, 0.9],
+                 eval_pass1=[0.5, 0.55, 0.6, 0.5, 0.4],
+                 verdicts=[None] + [{"train": {"truncated": k}} for k in (0, 4, 16, 40)],
+                 grading=[None] + [{"train_samples": 64}] * 4)
+    assert _fires("kl_jump", recs, kl_jump=0.1) == [3]
+    assert _fires("zero_var", recs, zero_var=0.85) == [3, 4]
+    assert _fires("length_drift", recs, length_drift=0.4) == [2, 3]  # 30/20, 31/20 (12/20: 0.4)
+    assert _fires("truncated", recs, truncated=0.2) == [3, 4]  # 16/64 = 0.25, 40/64
+    assert _fires("reward_gap", recs, reward_gap=0.35) == [3, 4]  # 0.4, 0.5
+    # a stream's own truncated share is used as is
+    assert _fires("truncated", _recs(truncated_share=[0.0, 0.5]), truncated=0.2) == [1]
+
+
+def test_missing_and_non_finite_fields_never_fire() -> None:
+    recs = _recs(entropy=[1.0, None, math.nan, 0.1], kl_to_ref=[None, math.inf, 0.0, 9.0])
+    assert _fires("entropy_level", recs, entropy_frac=0.5) == [3]
+    assert _fires("kl_jump", recs, kl_jump=1.0) == [3]
+    assert _fires("reward_gap", recs, reward_gap=0.1) == []
+
+
+def test_the_rule_fires_at_the_first_step_any_signal_fires_and_not_before_min_step() -> None:
+    recs = _recs(entropy=[1.0, 0.4, 0.3], zero_var_groups=[0.0, 0.0, 1.0])
+    p = NONE.model_copy(update={"entropy_frac": 0.5, "zero_var": 0.5})
+    step, why = guard_trigger(recs, p)
+    assert step == 1 and "entropy collapse" in why
+    step, why = guard_trigger(recs, p.model_copy(update={"min_step": 2}))
+    assert step == 2 and "entropy collapse" in why and "zero-variance" in why
+    assert guard_trigger(recs, NONE) is None
+
+
+def _campaign(curve: list[float], entropy: list[float], index: int = 0) -> Campaign:
+    return Campaign("hand", index, 0, tuple(_recs(eval_pass1=curve, entropy=entropy,
+                                                  eval_samples=[480] * len(curve))))
+
+
+# a rise to 0.8 at step 3, onset at step 6 (first value below 0.8 - (0.8 - 0.1)/2 = 0.45),
+# with no credible drop of eval pass@1 before it
+COLLAPSE = [0.4, 0.6, 0.7, 0.8, 0.8, 0.79, 0.3, 0.1]
+FLAT = [0.4, 0.42, 0.41, 0.4, 0.43, 0.41, 0.42, 0.4]
+
+
+def test_score_counts_caught_late_missed_and_false_alarms() -> None:
+    early = [1.0, 1.0, 1.0, 1.0, 0.4, 0.3, 0.2, 0.1]  # entropy halves at step 4: lead 2
+    late = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.4, 0.1]  # at step 6: lead 0
+    never = [1.0] * 8
+    cs = [_campaign(COLLAPSE, early, 0), _campaign(COLLAPSE, late, 1),
+          _campaign(COLLAPSE, never, 2), _campaign(FLAT, early, 3), _campaign(FLAT, never, 4)]
+    out = score(cs, NONE.model_copy(update={"entropy_frac": 0.5}))
+    rows = out["campaigns"]
+    assert [r["outcome"] for r in rows] == ["caught", "late", "missed", "false_alarm", "quiet"]
+    assert [r["onset"] for r in rows[:3]] == [6, 6, 6]
+    assert [r["lead_time"] for r in rows] == [2, 0, None, None, None]
+    t = out["totals"]
+    assert (t["signature"], t["no_signature"], t["caught"], t["false_alarm"]) == (3, 2, 1, 1)
+    assert t["caught_share"] == pytest.approx(1 / 3) and t["false_alarm_share"] == 0.5
+    assert t["median_lead_time"] == 1.0 and t["mean_lead_time"] == 1.0
+    assert t["before_peak"] == 0  # the peak is at step 3, the earliest trigger at 4
+    assert totals([])["caught_share"] is None
+
+
+def test_tune_picks_the_signal_that_separates_and_respects_the_false_alarm_budget() -> None:
+    # entropy falls two steps before every collapse; in flat campaigns it also falls, but
+    # later and less; a drop of eval pass@1 itself only shows at the onset (too late)
+    warn = [1.0, 1.0, 1.0, 0.9, 0.45, 0.3, 0.2, 0.1]
+    mild = [1.0, 1.0, 1.0, 1.0, 0.9, 0.8, 0.7, 0.65]
+    cs = [_campaign(COLLAPSE, warn, k) for k in range(4)] + \
+         [_campaign(FLAT, mild, 4 + k) for k in range(6)]
+    out = tune(cs, max_signals=1)
+    assert out["signals"] == ["entropy_level"]
+    assert out["totals"]["caught"] == 4 and out["totals"]["false_alarm"] == 0
+    # 0.5 catches every collapse with no false alarm; 0.7 would fire on the flat campaigns
+    assert out["params"]["entropy_frac"] in (0.3, 0.5)
+    assert out["searched"] > 10
+    # a budget of one false alarm in ten is kept even when an aggressive rule catches more
+    strict = tune(cs, max_signals=1, max_false_alarm_share=0.0)
+    assert strict["totals"]["false_alarm"] == 0
+
+
+def test_stream_maps_trl_names_and_fires_once() -> None:
+    assert to_record(3, {"kl": 0.2, "completions/mean_length": 12.0, "loss": 1.0}) == \
+        {"step": 3, "kl_to_ref": 0.2, "completion_len": 12.0}
+    g = GuardStream(NONE.model_copy(update={"zero_var": 0.5}))
+    assert g.push(1, {"frac_reward_zero_std": 0.2}) is None
+    assert "zero-variance" in g.push(2, {"frac_reward_zero_std": 0.9})
+    assert g.push(3, {"frac_reward_zero_std": 1.0}) is None  # reported once
+    assert g.fired[0] == 2
+    # eval metrics logged separately join the same step's record
+    hist = [(0, {"eval_reward": 0.7, "eval_samples": 400}), (1, {"entropy": 1.0}),
+            (1, {"eval_reward": 0.72, "eval_samples": 400}), (2, {"entropy": 0.9}),
+            (2, {"eval_reward": 0.4, "eval_samples": 400})]
+    p = NONE.model_copy(update={"drop_delta": 0.05, "drop_confidence": 0.9})
+    step, why = guard_stream(hist, p)
+    assert step == 2 and "eval drop" in why
+    assert guard_stream(hist[:4], p) is None
+
+
+# ------------------------------------------------------------------ a real TRL run
+def _grpo(tmp_path: Any, reward: Any, callback: Any, max_steps: int = 4) -> Any:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from harness.policy.tiny import ensure_tiny
+
+    path = str(ensure_tiny())
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, bf16=False,
+        num_generations=4, per_device_train_batch_size=8, max_completion_length=6,
+        max_steps=max_steps, logging_steps=1, save_strategy="no", seed=0,
+        dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=path, reward_funcs=reward, args=args, callbacks=[callback],
+                          train_dataset=Dataset.from_dict({"prompt": ["def f(x):"] * 64}))
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.slow
+def test_trl_callback_stops_a_run_whose_metrics_cross_the_thresholds(tmp_path: Any) -> None:
+    pytest.importorskip("trl")
+    from harness.guard import CollapseGuardCallback
+
+    cb = CollapseGuardCallback(NONE.model_copy(update={"zero_var": 0.5, "min_step": 2}))
+    # the same reward for every completion: every group has zero variance (no signal)
+    trainer = _grpo(tmp_path, lambda completions, **_: [0.0] * len(completions), cb)
+    assert cb.fired is not None and cb.fired[0] == 2, cb.guard.records
+    assert "zero-variance" in cb.fired[1]
+    assert trainer.state.global_step == 2  # stopped there, not at max_steps
+    assert cb.rollback_checkpoint is None  # no eval value, so no best checkpoint to name
+
+
+@pytest.mark.slow
+def test_trl_callback_leaves_a_healthy_run_alone(tmp_path: Any) -> None:
+    pytest.importorskip("trl")
+    from harness.guard import CollapseGuardCallback
+
+    cb = CollapseGuardCallback(NONE.model_copy(update={"zero_var": 0.5, "min_step": 2}))
+    # alternating rewards: every group of 4 has two of each, so no group is zero-variance
+    trainer = _grpo(tmp_path, lambda completions, **_: [float(i % 2) for i in
+                                                        range(len(completions))], cb)
+    assert cb.fired is None
+    assert trainer.state.global_step == 4
+    assert [r["zero_var_groups"] for r in cb.guard.records] == [0.0] * 4
