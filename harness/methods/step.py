@@ -64,6 +64,31 @@ def _masked_group_metrics(rewards: Tensor, advantages: Tensor, taking: Tensor
             "zero_var_groups": sum(same) / len(same)}
 
 
+def _reference_logp(ref_model: nn.Module | None, ids: Tensor, am: Tensor, cm: Tensor,
+                    temperature: float) -> Tensor | None:
+    """The reference policy's per-token log-probabilities (no gradient), None without one."""
+    if ref_model is None:
+        return None
+    with torch.no_grad():
+        ref_logp, _, _ = token_logprobs(ref_model, ids, am, cm, temperature=temperature)
+    return ref_logp
+
+
+def loss_terms(spec: MethodSpec, logp: Tensor, adv: Tensor, ref_logp: Tensor | None,
+               agg: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | None]:
+    """The step's loss terms over a batch's tokens, each aggregated by `agg` (per-token
+    values [N, T'] -> scalar): the policy loss (`spec.policy_loss` of the advantages) and the
+    KL penalty beta * agg(KL_est [* ratio]) (None without `spec.kl` or a reference). The one
+    place the loss is written: `compute_loss` aggregates the whole batch
+    (`losses.aggregate`), `backward_loss` each micro-batch by its share of the aggregation's
+    weights (`aggregation_weights`)."""
+    pg = agg(POLICY_LOSSES.get(spec.policy_loss)(logp, adv))
+    if ref_logp is None or spec.kl is None:
+        return pg, None
+    per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator, spec.kl.ratio_correction)
+    return pg, spec.kl.beta * agg(per_token_kl)
+
+
 def compute_loss(
     spec: MethodSpec,
     model: nn.Module,
@@ -104,23 +129,17 @@ def compute_loss(
     advantages = METHODS.get(spec.name)(rewards, spec)  # [P, G]
     adv = advantages.reshape(-1).to(logp.device)  # [N], prompt-major like the batch
 
-    pg_loss = aggregate(POLICY_LOSSES.get(spec.policy_loss)(logp, adv), mask, spec.loss_agg)
+    ref_logp = _reference_logp(ref_model, batch["input_ids"], batch["attention_mask"],
+                               batch["completion_mask"], temperature)
+    pg_loss, kl_term = loss_terms(spec, logp, adv, ref_logp,
+                                  lambda x: aggregate(x, mask, spec.loss_agg))
     loss = pg_loss
-
-    kl_to_ref = math.nan
+    kl_to_ref = math.nan if ref_logp is None else _masked_mean(kl_k3(logp.detach(), ref_logp),
+                                                               mask)
     kl_penalty = 0.0
-    if ref_model is not None:
-        with torch.no_grad():
-            ref_logp, _, _ = token_logprobs(
-                ref_model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                temperature=temperature)
-        kl_to_ref = _masked_mean(kl_k3(logp.detach(), ref_logp), mask)
-        if spec.kl is not None:
-            per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator,
-                                        spec.kl.ratio_correction)
-            kl_term = spec.kl.beta * aggregate(per_token_kl, mask, spec.loss_agg)
-            loss = loss + kl_term
-            kl_penalty = float(kl_term.detach())
+    if kl_term is not None:
+        loss = loss + kl_term
+        kl_penalty = float(kl_term.detach())
 
     ewc_penalty = 0.0
     if spec.ewc is not None and ewc is not None:
@@ -252,22 +271,20 @@ def backward_loss(
                        for k in ("input_ids", "attention_mask", "completion_mask"))
         logp, entropy, mask = token_logprobs(model, ids, am, cm, temperature=temperature)
         w = weights[part, :width - 1].to(logp.device)
-        pg = (w * POLICY_LOSSES.get(spec.policy_loss)(logp, adv[part].to(logp.device))).sum()
+        ref_logp = _reference_logp(ref_model, ids, am, cm, temperature)
+        # the aggregation as its weights: this micro-batch's share of the whole batch's loss
+        pg, kl_term = loss_terms(spec, logp, adv[part].to(logp.device), ref_logp,
+                                 lambda x, w=w: (w * x).sum())
         loss = pg
         sums["pg_loss"] += float(pg.detach())
         if valid is not None:  # samples without a reward take no part in the metrics either
             mask = mask * full_mask[part, :width - 1].to(mask)
         sums["entropy"] += float((entropy.detach() * mask).sum())
-        if ref_model is not None:
-            with torch.no_grad():
-                ref_logp, _, _ = token_logprobs(ref_model, ids, am, cm, temperature=temperature)
+        if ref_logp is not None:
             sums["kl_to_ref"] += float((kl_k3(logp.detach(), ref_logp) * mask).sum())
-            if spec.kl is not None:
-                per_token_kl = kl_per_token(logp, ref_logp, spec.kl.estimator,
-                                            spec.kl.ratio_correction)
-                kl_term = spec.kl.beta * (w * per_token_kl).sum()
-                loss = loss + kl_term
-                sums["kl_penalty"] += float(kl_term.detach())
+        if kl_term is not None:
+            loss = loss + kl_term
+            sums["kl_penalty"] += float(kl_term.detach())
         if i == 0 and spec.ewc is not None and ewc is not None:
             # added once: in parts proportional to the ranks' shares (every rank's backward
             # then touches the same parameters, as ZeRO-2's gradient reduction needs)
