@@ -202,3 +202,40 @@ def test_trl_callback_leaves_a_healthy_run_alone(tmp_path: Any) -> None:
     assert cb.fired is None
     assert trainer.state.global_step == 4
     assert [r["zero_var_groups"] for r in cb.guard.records] == [0.0] * 4
+
+
+# ------------------------------------------------------------------ recorded traces
+def _fixture_campaigns() -> list[Campaign]:
+    """The step records of tiny-guard's calibration run (seeds 0-5, naive and KL arms, 5 x 20
+    steps; docs/guard.md), reduced to the fields the signals read."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "guard" / "tiny-guard-calibration.jsonl.gz"
+    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            by.setdefault((r["cell"], r["campaign"]), []).append(r)
+    return [Campaign(cell, k, recs[0]["seed"], tuple(recs)) for (cell, k), recs in by.items()]
+
+
+def test_the_defaults_score_on_the_calibration_traces_as_documented() -> None:
+    cs = _fixture_campaigns()
+    t = score(cs)["totals"]  # docs/guard.md, "The defaults, and how they were chosen"
+    assert (t["campaigns"], t["signature"], t["no_signature"]) == (60, 25, 35)
+    assert (t["caught"], t["late"], t["missed"], t["false_alarm"]) == (16, 9, 0, 14)
+    assert (t["median_lead_time"], t["before_peak"]) == (3, 11)
+
+
+@pytest.mark.slow
+def test_tuning_on_the_calibration_traces_gives_the_defaults_and_the_documented_front() -> None:
+    cs = _fixture_campaigns()
+    at_40 = tune(cs, max_false_alarm_share=0.4)
+    assert GuardParams(**at_40["params"]) == GuardParams()
+    assert at_40["searched"] == 2470
+    at_10 = tune(cs)  # the issue's objective: nothing is caught within it
+    assert at_10["signals"] == [] and at_10["totals"]["caught"] == 0
+    front = {p["false_alarms"]: p["caught"] for p in at_10["front"]}
+    assert [front.get(f) for f in (0, 8, 12, 14, 16)] == [0, 6, 13, 16, 21]
