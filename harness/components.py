@@ -67,7 +67,8 @@ def distributed_configurations() -> dict[str, dict[str, Any]]:
 
 def all_components() -> dict[str, dict[str, dict[str, Any]]]:
     """{kind: {name: {"description": one line, "params"/"options": defaults}}} for every
-    registry: the spec's components, executors and distributed configurations."""
+    registry: the spec's components, executors, distributed configurations and the collapse
+    guard's signals."""
     from harness.executors import EXECUTORS
     from harness.spec.schema import registry
 
@@ -77,6 +78,9 @@ def all_components() -> dict[str, dict[str, dict[str, Any]]]:
         found[heading] = {name: _entry(reg, name) for name in reg}
     found["executors"] = {name: _entry(EXECUTORS, name) for name in EXECUTORS}
     found["distributed configurations"] = distributed_configurations()
+    from harness.guard import SIGNALS
+
+    found["guard signals"] = {name: _entry(SIGNALS, name) for name in SIGNALS}
     return found
 
 

@@ -189,7 +189,8 @@ def test_spec_schema_and_components_list_the_registered_names(
     found = json.loads(capsys.readouterr().out)
     assert list(found) == ["methods", "policy losses", "loss aggregations", "KL estimators",
                            "controllers", "task sources", "rollout backends", "executors",
-                           "distributed configurations"]
+                           "distributed configurations", "guard signals"]
+    assert found["guard signals"]["eval_drop"]["description"].startswith("A credible drop")
     assert found["methods"]["toy_method"] == {"description": "toy: scale x reward",
                                               "params": {"scale": 2.0}}
     assert found["methods"]["reinforce"]["params"] == {"baseline": "none"}
