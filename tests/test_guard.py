@@ -239,3 +239,45 @@ def test_tuning_on_the_calibration_traces_gives_the_defaults_and_the_documented_
     assert at_10["signals"] == [] and at_10["totals"]["caught"] == 0
     front = {p["false_alarms"]: p["caught"] for p in at_10["front"]}
     assert [front.get(f) for f in (0, 8, 12, 14, 16)] == [0, 6, 13, 16, 21]
+
+
+def _cell_dir(tmp_path: Any, name: str, curve: list[float], controller: str = "naive") -> Any:
+    import json
+
+    d = tmp_path / "cells" / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"cell_id": name, "config": {
+        "controller": {"name": controller}, "seed": 7}}))
+    lines = [{"type": "plan", "campaign": 0}]
+    lines += [{"type": "step", "campaign": 0, "step": s, "eval_pass1": v, "eval_samples": 480}
+              for s, v in enumerate(curve)]
+    lines.append({"type": "campaign", "index": 0, "stopped_early": None})
+    (d / "trace.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return d
+
+
+def test_guard_cli_scores_and_tunes_a_run_and_says_what_is_wrong(tmp_path: Any, capsys: Any
+                                                                 ) -> None:
+    import json
+
+    from harness.cli import main
+
+    _cell_dir(tmp_path, "a", COLLAPSE)
+    _cell_dir(tmp_path, "b", FLAT)
+    _cell_dir(tmp_path, "c", COLLAPSE, controller="es")  # not naive: left out
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({**OFF, "drop_delta": 0.0, "drop_confidence": 0.9}))
+    assert main(["guard", "score", str(tmp_path), "--params", str(params), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["source"], r["outcome"]) for r in out["campaigns"]] == [("a", "late"),
+                                                                      ("b", "quiet")]
+    assert out["totals"]["late"] == 1 and out["params"]["drop_confidence"] == 0.9
+    assert main(["guard", "tune", str(tmp_path), "--max-signals", "1", "--out",
+                 str(tmp_path / "t.json")]) == 0
+    assert "searched" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t.json").read_text())["params"]["min_step"] >= 1
+    params.write_text(json.dumps({"drop_confidence": 2}))
+    assert main(["guard", "score", str(tmp_path), "--params", str(params)]) == 1
+    assert "drop_confidence: Input should be less than 1" in capsys.readouterr().err
+    assert main(["guard", "score", str(tmp_path / "nowhere")]) == 1
+    assert "neither a run directory" in capsys.readouterr().err

@@ -101,6 +101,9 @@ def score(runs: Runs, params: Annotated[Path | None, typer.Option(
             p = as_params(doc.get("params", doc) if isinstance(doc, dict) else doc)
         except (OSError, json.JSONDecodeError, ValidationError, TypeError) as e:
             first = str(e).strip().splitlines()[0]
+            if isinstance(e, ValidationError):
+                err = e.errors()[0]
+                first = f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
             raise UserError(f"--params {params}: not guard parameters ({first}); write the "
                             f"file with `harness guard tune --out`") from None
     out = run_score(_campaigns(runs, controller, seeds), p, min_lead=min_lead)
