@@ -94,8 +94,8 @@ class CampaignScore:
     outcome: str
 
 
-def score_campaign(c: Campaign, params: GuardParams, *, rise: float = 0.05,
-                   fall: float = 0.10, min_lead: int = MIN_LEAD) -> CampaignScore:
+def shape(c: Campaign, rise: float = 0.05, fall: float = 0.10) -> tuple[bool, int, int | None]:
+    """(signature, peak step, onset step: None without the signature) of a campaign."""
     from harness.controllers.base import has_signature, summarise
 
     curve = [float(r["eval_pass1"]) for r in c.records]
@@ -103,6 +103,12 @@ def score_campaign(c: Campaign, params: GuardParams, *, rise: float = 0.05,
                   collapse_threshold=0.0)
     sig = has_signature(curve, rise, fall)
     onset = int(c.records[s.onset]["step"]) if sig and s.onset is not None else None
+    return sig, int(c.records[s.peak_step]["step"]), onset
+
+
+def score_campaign(c: Campaign, params: GuardParams, *, rise: float = 0.05,
+                   fall: float = 0.10, min_lead: int = MIN_LEAD) -> CampaignScore:
+    sig, peak_step, onset = shape(c, rise, fall)
     hit = guard_trigger(c.records, params)
     trigger = None if hit is None else hit[0]
     lead = None if trigger is None or onset is None else onset - trigger
@@ -111,7 +117,7 @@ def score_campaign(c: Campaign, params: GuardParams, *, rise: float = 0.05,
                    and lead >= min_lead else "late")
     else:
         outcome = "quiet" if trigger is None else "false_alarm"
-    return CampaignScore(c.source, c.index, c.seed, sig, int(c.records[s.peak_step]["step"]),
+    return CampaignScore(c.source, c.index, c.seed, sig, peak_step,
                          onset, trigger, None if hit is None else hit[1], lead, outcome)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.guard.rule import GuardParams
-from harness.guard.score import MIN_LEAD, Campaign, score
+from harness.guard.score import MIN_LEAD, Campaign, score, shape
 from harness.guard.signals import SIGNALS
 
 # candidate settings per signal: the GuardParams fields each one sets
@@ -57,18 +57,10 @@ def tune(campaigns: Sequence[Campaign], *, max_signals: int = 2,
          search: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """The best rule over `campaigns` by the module's objective: {params, totals, searched,
     objective, runner_up (the best rule with one signal fewer, for comparison)}."""
-    from harness.controllers.base import has_signature, summarise
-
     search = SEARCH if search is None else search
-    sig, onset = [], []
-    for c in campaigns:
-        curve = [float(r["eval_pass1"]) for r in c.records]
-        s = summarise(c.index, curve, budget=len(curve) - 1, start_from="", lr=1.0,
-                      collapse_threshold=0.0)
-        is_sig = has_signature(curve, rise, fall)
-        sig.append(is_sig)
-        onset.append(int(c.records[s.onset]["step"]) if is_sig and s.onset is not None
-                     else None)
+    shapes = [shape(c, rise, fall) for c in campaigns]
+    sig = [s[0] for s in shapes]
+    onset = [s[2] for s in shapes]
     fires = {(name, i): [_fire_steps(c, name, setting) for c in campaigns]
              for name, settings in search.items() for i, setting in enumerate(settings)}
     n_other = sum(not s for s in sig)
