@@ -16,6 +16,8 @@ that changes no cell (a description, a comparison) keeps it; `--out DIR` picks a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
@@ -39,10 +41,11 @@ def default_run_dir(spec_name: str, version: int, grid_hash: str, root: Path | N
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file. A
+    write that fails (full disk, read-only or foreign directory) is one `UserError` line."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -50,9 +53,18 @@ def write_json(path: Path, data: Any) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; free disk space or choose "
-                        "another --out") from None
+        with contextlib.suppress(OSError):  # on a read-only file system this fails too
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}; {write_fix(e)}") from None
+
+
+def write_fix(e: OSError) -> str:
+    """What to do about a failed write into a run directory."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space or choose another --out"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "choose a writable directory with --out"
+    return "check the directory or choose another --out"
 
 
 def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:

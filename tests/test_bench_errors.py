@@ -108,3 +108,27 @@ def test_full_disk_keeps_the_trace_and_says_so(tmp_path: Path) -> None:
         assert [s["step"] for s in steps] == [0, 1]  # the finished steps are kept
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_read_only_out_directory_is_one_line(tmp_path: Path) -> None:
+    """`--out` on an existing directory of a read-only file system: one error line, not the
+    traceback of the temporary file's cleanup (which fails with EROFS too)."""
+    import pytest
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(ro)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        spec = tmp_path / "s.yaml"
+        spec.write_text(SPEC.format(model="tiny"))
+        r = _harness("bench", str(spec), "--out", str(ro))
+        assert r.returncode == 1
+        assert "Traceback" not in r.stdout + r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"error: cannot write {ro}/") and "Read-only file system" in line
+        assert "choose a writable directory with --out" in line
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

@@ -88,6 +88,34 @@ BROKEN: list[tuple[str, str, list[str], int | None]] = [
         "[tiny]", "[{id: Qwen/Qwen2.5-3B-Instruct, tiny: {num_layers: 2}}]"),
      ["models[0]", "only valid with id: tiny"], 3),
     ("bad-dtype", GOOD.replace("[tiny]", "[{id: tiny, dtype: fp8}]"), ["models[0].dtype"], 3),
+    # sizes a spec can ask for are bounded (harness.spec.limits; docs/specs.md, Limits)
+    ("steps-1e38", GOOD.replace("steps: 3", "steps: 100000000000000000000000000000000000000"),
+     ["chain.steps", "less than or equal to 100000", "docs/specs.md, Limits"], 7),
+    ("campaigns-float-huge", GOOD.replace("campaigns: 2", "campaigns: 1.0e+15"),
+     ["chain.campaigns", "less than or equal to 1000", "Limits"], 7),
+    ("eval-samples-huge", GOOD + "eval: {samples_per_task: 1000000}\n",
+     ["eval.samples_per_task", "1024", "Limits"], 8),
+    ("max-new-tokens-huge", GOOD + "rollout: {max_new_tokens: 99999999999}\n",
+     ["rollout.max_new_tokens", "1048576", "Limits"], 8),
+    ("eval-split-huge", GOOD + "tasks: {eval: 1000000000}\n", ["tasks.eval", "Limits"], 8),
+    ("group-size-huge", GOOD + "rollout: {group_size: 100000}\n",
+     ["rollout.group_size", "Limits"], 8),
+    ("grader-workers-huge", GOOD + "grader: {workers: 100000}\n",
+     ["grader.workers", "Limits"], 8),
+    ("tiny-recipe-huge", GOOD.replace("[tiny]", "[{id: tiny, tiny: {hidden_size: 10000000}}]"),
+     ["models[0].tiny.hidden_size", "Limits"], 3),
+    ("seed-too-large", GOOD.replace("seeds: [0, 1]", "seeds: [0, 4294967296]"),
+     ["seeds[1]", "4294967295", "Limits"], 6),
+    ("too-many-seeds", GOOD.replace("seeds: [0, 1]", f"seeds: {list(range(1001))}"),
+     ["seeds", "at most 1000 items", "Limits"], 6),
+    ("grid-too-large", GOOD.replace("seeds: [0, 1]", f"seeds: {list(range(1000))}").replace(
+        "[naive]", "[naive, es, care_v1, care_v2, collapse_guard]").replace(
+        "[reinforce]", "[reinforce, grpo, rloo]"),
+     ["15,000 cells", "1 x 3 x 5 x 1000", "limit is 10,000", "Limits"], None),
+    ("options-too-deep", GOOD + "tasks: {options: " + "{a: " * 40 + "1" + "}" * 41 + "\n",
+     ["tasks.options", "more than 32 levels", "Limits"], 8),
+    ("recursive-alias", GOOD.replace("models: [tiny]", "models: &m [tiny, *m]"),
+     ["recursive YAML alias *m"], 3),
 ]
 
 
@@ -184,6 +212,152 @@ def test_cli_subprocess_no_traceback(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error:") and "duplicate seeds" in r.stderr
+
+
+# --------------------------------------------------------------------------- limits
+# A spec must not exhaust the machine: each of these ends in one error line and exit 2,
+# within seconds, in a process whose address space is capped at 1 GiB (the alias bomb alone
+# grew past 9.8 GiB before the limits; the 39 MB file of seeds ran for minutes).
+MEMORY_CAP = 1 << 30
+SECONDS = 30  # the process as a whole, interpreter start included, on a loaded machine
+
+BOMB = "".join(["name: t\nversion: 1\nmodels: [tiny]\n",
+                'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n',
+                *(f"{c}: &{c} [{','.join([f'*{p}'] * 9)}]\n"
+                  for p, c in zip("abcdefgh", "bcdefghi", strict=True))])
+
+
+def _nested(depth: int) -> str:
+    return "{a: " * depth + "1" + "}" * depth
+
+
+def _cap_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def _validate_capped(path: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    import time
+
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "validate", str(path)],
+                       capture_output=True, text=True, timeout=SECONDS * 4,
+                       preexec_fn=_cap_memory)
+    return r, time.monotonic() - t0
+
+
+@pytest.mark.parametrize(("case", "needles"), [
+    ("nested-1000", ["nest more than 500 levels deep", "docs/specs.md, Limits"]),
+    ("alias-bomb", ["100,000 values with its YAML aliases expanded", "Limits"]),
+    ("file-50mb", ["spec file is 47.7 MiB", "1024 KiB", "Limits"]),
+    ("seeds-5-million", ["spec file is", "MiB", "1024 KiB", "Limits"]),
+    ("steps-1e38", ["chain.steps", "less than or equal to 100000", "Limits"]),
+])
+def test_spec_cannot_exhaust_the_machine(tmp_path: Path, case: str, needles: list[str]) -> None:
+    path = tmp_path / f"{case}.yaml"
+    head = "name: t\nversion: 1\nmodels: [tiny]\n"
+    if case == "nested-1000":
+        path.write_text(head + "x: " + _nested(1000) + "\n")
+    elif case == "alias-bomb":
+        assert len(BOMB) < 400
+        path.write_text(BOMB)
+    elif case == "file-50mb":
+        path.write_text(head + "description: '" + "x" * 50_000_000 + "'\n")
+    elif case == "seeds-5-million":
+        path.write_text(head + "seeds: [" + ", ".join(map(str, range(5_000_000))) + "]\n")
+        assert path.stat().st_size > 39_000_000
+    else:
+        path.write_text(head + "chain: {steps: " + "1" + "0" * 38 + "}\n")
+    r, seconds = _validate_capped(path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}"), lines
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert seconds < SECONDS, f"{case} took {seconds:.1f} s"
+
+
+def test_nesting_300_deep_is_within_the_limit(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """300 levels load as before: the unknown key is the one problem, not the depth."""
+    path = _write(tmp_path, GOOD + "colour: " + _nested(300) + "\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'colour'" in err[0], err
+    deep_list = _write(tmp_path, GOOD.replace("seeds: [0, 1]", "seeds: [0, 1]\nexclude: "
+                                              + "[" * 300 + "]" * 300), "list.yaml")
+    assert main(["validate", str(deep_list)]) == 2
+    assert "levels deep" not in capsys.readouterr().err
+
+
+def test_aliases_within_the_limit_still_work(tmp_path: Path) -> None:
+    text = (GOOD.replace("[reinforce]", "[&m reinforce, {name: *m, label: again}]")
+            .replace("[naive]", "[&n {name: naive}, {<<: *n, label: again}]"))
+    spec, _ = load_spec(str(_write(tmp_path, text)))
+    assert [m.arm for m in spec.methods] == ["reinforce", "again"]
+    assert [c.arm for c in spec.controllers] == ["naive", "again"]
+
+
+def test_registered_specs_are_within_the_limits(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.spec import registered_specs
+
+    names = list(registered_specs())
+    assert {"tiny-smoke", "qwen7b-grpo", "qwen7b-controllers", "qwen3b-care-v2"} <= set(names)
+    assert main(["validate", *names]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_limits_are_documented() -> None:
+    from harness.spec import limits
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "specs.md").read_text()
+    assert "## Limits" in doc
+    for name in ("MAX_SPEC_BYTES", "MAX_DEPTH", "MAX_NODES", "MAX_VALUE_DEPTH", "MAX_CELLS",
+                 "MAX_AXIS", "MAX_SEED", "MAX_CAMPAIGNS", "MAX_STEPS", "MAX_PROBLEMS",
+                 "MAX_SAMPLES", "MAX_NEW_TOKENS"):
+        value = getattr(limits, name)
+        shown = f"{value // 1024} KiB" if name == "MAX_SPEC_BYTES" else f"{value:,}"
+        assert shown in doc, f"{name} = {shown} is not in docs/specs.md"
+
+
+# --------------------------------------------------------------------------- files
+def test_extends_missing_file_names_the_path_tried(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, GOOD + "extends: parents/base.yaml\n")
+    assert main(["validate", str(tmp_path / "spec.yaml")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'spec.yaml'}:8: extends: no such spec file")
+    assert str(tmp_path / "parents" / "base.yaml") in line
+
+
+def test_a_directory_is_not_called_a_missing_file(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, GOOD, "one.yaml")
+    for ref in (str(tmp_path), f"{tmp_path}/"):
+        assert main(["validate", ref]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "no such spec file" not in line
+        assert "is a directory, not a spec file" in line and "one.yaml" in line
+
+
+def test_error_in_parent_says_which_file_extends_it(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, GOOD.replace("steps: 3", "steps: -1"), "base.yaml")
+    _write(tmp_path, "name: mid\nversion: 1\nextends: base.yaml\n", "mid.yaml")
+    _write(tmp_path, "name: child\nversion: 1\nextends: mid.yaml\n", "child.yaml")
+    assert main(["validate", str(tmp_path / "child.yaml")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {(tmp_path / 'base.yaml').resolve()}:7: chain.steps")
+    assert line.endswith(f"(extended by {(tmp_path / 'mid.yaml').resolve()}, extended by "
+                         f"{(tmp_path / 'child.yaml').resolve()})")
+    # a problem found while reading the parent (here its YAML) says so too
+    _write(tmp_path, "name: base\nversion: 1\nmodels: [tiny\n", "base.yaml")
+    assert main(["validate", str(tmp_path / "mid.yaml")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "YAML syntax error" in line and f"extended by {(tmp_path / 'mid.yaml').resolve()}" \
+        in line
 
 
 # --------------------------------------------------------------------------- fuzzing

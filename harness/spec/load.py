@@ -7,14 +7,19 @@ did-you-mean where one helps); all problems of a file are reported together as a
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from harness.errors import SpecError, SpecProblem
 from harness.registry import did_you_mean
+from harness.spec import limits
 from harness.spec.schema import Spec
 
 KeyPath = tuple[str | int, ...]
@@ -37,19 +42,33 @@ def registered_specs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.glob("*.yaml"))} if d.is_dir() else {}
 
 
+def _spec_path(ref: str, relative_to: Path | None) -> Path:
+    """The file a path reference names, or a SpecError naming the path it tried."""
+    p = Path(ref).expanduser()
+    if not p.is_absolute() and relative_to is not None:
+        p = relative_to / p
+    if p.is_file():
+        return p
+    if p.is_dir():
+        inside = sorted(q.name for q in p.glob("*.y*ml"))[:5]
+        hint = (f" (it holds {', '.join(inside)})" if inside else "")
+        raise SpecError([SpecProblem(ref, None, "", f"{p} is a directory, not a spec file; "
+                                     f"pass one of its .yaml files{hint}")])
+    tried = "" if str(p) == ref else f" ({p})"
+    raise SpecError([SpecProblem(ref, None, "", f"no such spec file{tried}; check the path")])
+
+
 def find_spec_file(ref: str, relative_to: Path | None = None) -> Path:
-    """A spec reference is a registered name or a path to a YAML file."""
+    """A spec reference is a registered name or a path to a YAML file (relative to
+    `relative_to` when given: the folder of the file that extends it)."""
     looks_like_path = ref.endswith((".yaml", ".yml")) or os.sep in ref
     if looks_like_path:
-        p = Path(ref).expanduser()
-        if not p.is_absolute() and relative_to is not None:
-            p = relative_to / p
-        if p.is_file():
-            return p
-        raise SpecError([SpecProblem(ref, None, "", "no such spec file; check the path")])
+        return _spec_path(ref, relative_to)
     reg = registered_specs()
     if ref in reg:
         return reg[ref]
+    if relative_to is None and Path(ref).exists():  # `harness validate somedir`
+        return _spec_path(ref, None)
     hint = did_you_mean(ref, list(reg))
     raise SpecError([SpecProblem(
         ref, None, "",
@@ -58,34 +77,106 @@ def find_spec_file(ref: str, relative_to: Path | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------- YAML
-def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int],
+def _walk(root: yaml.Node, lines: dict[KeyPath, int],
           problems: list[tuple[KeyPath, int, str]]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
-            if key in seen:
-                problems.append(((*path, key), k.start_mark.line + 1,
-                                 f"duplicate key {key!r}: keep one"))
-            seen.add(key)
-            lines[(*path, key)] = k.start_mark.line + 1
-            _walk(v, (*path, key), lines, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _walk(v, (*path, i), lines, problems)
+    """The line of every key path, and duplicate keys (iterative: depth is bounded by
+    `limits.MAX_DEPTH`, not by Python's stack)."""
+    stack: list[tuple[yaml.Node, KeyPath]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+                if key in seen:
+                    problems.append(((*path, key), k.start_mark.line + 1,
+                                     f"duplicate key {key!r}: keep one"))
+                seen.add(key)
+                lines[(*path, key)] = k.start_mark.line + 1
+                stack.append((v, (*path, key)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, (*path, i)) for i, v in enumerate(node.value))
+
+
+def _limit(name: str, line: int | None, what: str) -> SpecError:
+    return SpecError([SpecProblem(name, line, "", f"{what} ({limits.DOC})")])
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read only when it is within `limits.MAX_SPEC_BYTES`."""
+    name, cap = str(path), limits.MAX_SPEC_BYTES
+    too_big = (f"the limit on a spec file is {cap // 1024} KiB: a spec states a grid and its "
+               "settings, not data; keep long lists out of it")
+    try:
+        size = path.stat().st_size
+        if size > cap:
+            raise _limit(name, None, f"spec file is {size / 2**20:.1f} MiB; {too_big}")
+        with open(path, "rb") as f:
+            raw = f.read(cap + 1)
+        if len(raw) > cap:  # grew, or a special file that reports no size
+            raise _limit(name, None, f"spec file is over {cap // 1024} KiB; {too_big}")
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError([SpecProblem(name, None, "", f"cannot read spec file: {e}")]) from None
+
+
+def _check_shape(text: str, name: str) -> None:
+    """Refuse, from the event stream and before anything is built from it, a document nested
+    deeper than `limits.MAX_DEPTH`, one whose aliases expand to more than `limits.MAX_NODES`
+    nodes (the "billion laughs"), and a recursive alias. Raises SpecError or yaml.YAMLError."""
+    sizes: dict[str, int] = {}  # anchor -> nodes of its value, aliases expanded
+    stack: list[tuple[str | None, int]] = []  # open collections: (anchor, nodes before it)
+    nodes = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = ev.start_mark.line + 1
+        if isinstance(ev, yaml.CollectionStartEvent):
+            if len(stack) >= limits.MAX_DEPTH:
+                raise _limit(name, line, f"mappings and lists nest more than "
+                             f"{limits.MAX_DEPTH} levels deep here; flatten the spec")
+            stack.append((ev.anchor, nodes))
+            nodes += 1
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            anchor, before = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = nodes - before
+        elif isinstance(ev, yaml.ScalarEvent):
+            nodes += 1
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+        elif isinstance(ev, yaml.AliasEvent):
+            if ev.anchor in (a for a, _ in stack):
+                raise SpecError([SpecProblem(name, line, "", f"recursive YAML alias "
+                                             f"*{ev.anchor}: a value cannot contain itself")])
+            nodes += sizes.get(ev.anchor, 1)  # an undefined alias is the composer's error
+        if nodes > limits.MAX_NODES:
+            raise _limit(name, line, f"the document has more than {limits.MAX_NODES:,} "
+                         "values with its YAML aliases expanded; write fewer values, or "
+                         "alias fewer of them")
+
+
+@contextmanager
+def _stack_for_depth() -> Iterator[None]:
+    """Room on Python's stack for the YAML composer and the merge to recurse
+    `limits.MAX_DEPTH` levels (a few frames a level)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 4 * limits.MAX_DEPTH + 1000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
-    """Parse a YAML file; return (data, line of each key path). Raises SpecError."""
+    """Parse a YAML file within the limits (`harness.spec.limits`); return (data, line of
+    each key path). Raises SpecError."""
     name = str(path)
+    text = _read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError([SpecProblem(name, None, "", f"cannot read spec file: {e}")]) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_shape(text, name)
+        with _stack_for_depth():
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = None if node is None else yaml.SafeLoader("").construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -94,9 +185,10 @@ def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
     lines: dict[KeyPath, int] = {}
     problems: list[tuple[KeyPath, int, str]] = []
     if node is not None:
-        _walk(node, (), lines, problems)
+        _walk(node, lines, problems)
     if problems:
-        raise SpecError([SpecProblem(name, ln, fmt_path(p), m) for p, ln, m in problems])
+        raise SpecError([SpecProblem(name, ln, fmt_path(p), m)
+                         for p, ln, m in sorted(problems, key=lambda x: x[1])])
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(name, 1, "", "a spec must be a YAML mapping of keys "
                                      "(name, version, models, ...)")])
@@ -121,8 +213,29 @@ def _merge(base: Any, over: Any) -> Any:
     return over
 
 
-def _load_raw(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[KeyPath, tuple[str, int]]]:
-    """Raw mapping with `extends` applied, and where each key path was written."""
+Where = dict[KeyPath, tuple[str, int]]
+
+
+def _extended_by(problem: SpecProblem, extenders: dict[str, str]) -> SpecProblem:
+    """`problem` (in an extended file) saying which file extends that one, and so on up to
+    the spec given."""
+    chain, seen = [], {problem.file}
+    child = extenders.get(problem.file)
+    while child is not None and child not in seen:
+        chain.append(child)
+        seen.add(child)
+        child = extenders.get(child)
+    if not chain or "(extended by " in problem.message:
+        return problem
+    return SpecProblem(problem.file, problem.line, problem.path,
+                       f"{problem.message} (extended by {', extended by '.join(chain)})")
+
+
+def _load_raw(path: Path, chain: tuple[Path, ...], extenders: dict[str, str] | None = None
+              ) -> tuple[dict, Where]:
+    """Raw mapping with `extends` applied, and where each key path was written.
+    `extenders` receives, for each extended file, the file that extends it."""
+    extenders = {} if extenders is None else extenders
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
@@ -142,7 +255,11 @@ def _load_raw(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[KeyPath, 
         p = e.problems[0]
         raise SpecError([SpecProblem(str(path), lines.get(("extends",)), "extends",
                                      p.message)]) from None
-    parent, parent_where = _load_raw(parent_path, (*chain, path))
+    extenders.setdefault(str(parent_path.resolve()), str(path))
+    try:
+        parent, parent_where = _load_raw(parent_path, (*chain, path), extenders)
+    except SpecError as e:
+        raise SpecError([_extended_by(p, extenders) for p in e.problems]) from None
     for k in NOT_INHERITED:
         parent.pop(k, None)
     merged = _merge(parent, data)
@@ -192,8 +309,26 @@ def _clean_msg(err: dict) -> str:
         return "required key is missing"
     inp = err.get("input")
     if not isinstance(inp, dict | list) and "got" not in msg and repr(inp) not in msg:
-        msg += f" (got {inp!r})"
+        shown = repr(inp)
+        msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    field = _field_at(tuple(err["loc"]))
+    kind = err.get("type")
+    if (kind in ("less_than_equal", "too_long") and field is not None
+            and limits.DOC in (field.description or "")):
+        fix = "use fewer, or split the spec" if kind == "too_long" else "use a smaller value"
+        msg += f": the harness's limit ({limits.DOC}); {fix}"
     return msg
+
+
+def _field_at(loc: KeyPath) -> FieldInfo | None:
+    """The schema field that the value at `loc` belongs to (a list item's: its list's)."""
+    keys = list(loc)
+    while keys and isinstance(keys[-1], int):
+        keys.pop()
+    if not keys:
+        return None
+    model = _model_at(tuple(keys[:-1]))
+    return None if model is None else model.model_fields.get(str(keys[-1]))
 
 
 def _line_for(loc: KeyPath, where: dict[KeyPath, tuple[str, int]], default_file: str
@@ -204,8 +339,11 @@ def _line_for(loc: KeyPath, where: dict[KeyPath, tuple[str, int]], default_file:
     return default_file, None
 
 
-def validate_data(data: dict, where: dict[KeyPath, tuple[str, int]], file: str) -> Spec:
-    """Validate a merged mapping into a `Spec`; every problem becomes a SpecProblem."""
+def validate_data(data: dict, where: Where, file: str,
+                  extenders: dict[str, str] | None = None) -> Spec:
+    """Validate a merged mapping into a `Spec`; every problem becomes a SpecProblem (one in
+    an extended file says which file extends it: `extenders`, as `_load_raw` fills it)."""
+    extenders = extenders or {}
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
@@ -213,13 +351,14 @@ def validate_data(data: dict, where: dict[KeyPath, tuple[str, int]], file: str) 
         for err in e.errors():
             loc = tuple(err["loc"])
             f, ln = _line_for(loc, where, file)
-            problems.append(SpecProblem(f, ln, fmt_path(loc), _clean_msg(err)))
+            problems.append(_extended_by(SpecProblem(f, ln, fmt_path(loc), _clean_msg(err)),
+                                         extenders))
         problems.sort(key=lambda p: (p.file, p.line or 0))
         raise SpecError(problems) from None
     problems = []
     for loc, msg in reference_problems(spec):
         f, ln = _line_for(loc, where, file)
-        problems.append(SpecProblem(f, ln, fmt_path(loc), msg))
+        problems.append(_extended_by(SpecProblem(f, ln, fmt_path(loc), msg), extenders))
     if problems:
         raise SpecError(problems)
     return spec
@@ -264,7 +403,10 @@ def reference_problems(spec: Spec) -> list[tuple[KeyPath, str]]:
 
 
 def load_spec(ref: str) -> tuple[Spec, Path]:
-    """Load a spec by registered name or path: inheritance applied, defaults filled."""
+    """Load a spec by registered name or path: inheritance applied, defaults filled, every
+    limit of `harness.spec.limits` checked."""
     path = find_spec_file(ref)
-    data, where = _load_raw(path, ())
-    return validate_data(data, where, str(path)), path
+    extenders: dict[str, str] = {}
+    with _stack_for_depth():
+        data, where = _load_raw(path, (), extenders)
+        return validate_data(data, where, str(path), extenders), path

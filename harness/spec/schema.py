@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from harness.spec import limits
+from harness.spec.limits import DOC as _LIMITS
+
 # The built-in policies (everything else is a hub id or a local directory).
 BUILTIN_MODELS = ("tiny",)
 
@@ -43,6 +46,13 @@ class _Strict(BaseModel):
 Label = Annotated[str, Field(pattern=LABEL_RE)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
+# A seed: what every random generator the harness seeds accepts.
+Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED)]
+
+
+def _at_most(n: float) -> str:
+    """The end of a limited field's description (and the marker of a limit's error)."""
+    return f" At most {n:,g} ({_LIMITS})."
 
 
 # --------------------------------------------------------------------------- registries
@@ -140,18 +150,25 @@ class TinyRecipe(_Strict):
     """Recipe of the built-in tiny policy. The policy is built on first use and cached by
     the hash of this recipe (see `harness.policy.tiny`)."""
 
-    hidden_size: PositiveInt = Field(64, description="Transformer width.")
-    intermediate_size: PositiveInt = Field(192, description="MLP width.")
-    num_layers: PositiveInt = Field(4, description="Decoder layers.")
-    num_heads: PositiveInt = Field(4, description="Attention heads (and key/value heads).")
-    warm_steps: NonNegInt = Field(800, description="Supervised warm-start steps.")
-    warm_batch: PositiveInt = Field(32, description="Warm-start batch size (tasks).")
+    hidden_size: PositiveInt = Field(64, le=limits.MAX_TINY_WIDTH, description="Transformer "
+                                     "width." + _at_most(limits.MAX_TINY_WIDTH))
+    intermediate_size: PositiveInt = Field(192, le=limits.MAX_TINY_WIDTH, description="MLP "
+                                           "width." + _at_most(limits.MAX_TINY_WIDTH))
+    num_layers: PositiveInt = Field(4, le=limits.MAX_TINY_LAYERS, description="Decoder "
+                                    "layers." + _at_most(limits.MAX_TINY_LAYERS))
+    num_heads: PositiveInt = Field(4, le=limits.MAX_TINY_LAYERS, description="Attention heads "
+                                   "(and key/value heads)." + _at_most(limits.MAX_TINY_LAYERS))
+    warm_steps: NonNegInt = Field(800, le=limits.MAX_TINY_WARM, description="Supervised "
+                                  "warm-start steps." + _at_most(limits.MAX_TINY_WARM))
+    warm_batch: PositiveInt = Field(32, le=limits.MAX_TINY_BATCH, description="Warm-start "
+                                    "batch size (tasks)." + _at_most(limits.MAX_TINY_BATCH))
     warm_lr: float = Field(3e-3, gt=0, description="Warm-start AdamW learning rate.")
-    warm_seed: int = Field(0, description="Seed of the warm start (init, data order).")
+    warm_seed: Seed = Field(0, description="Seed of the warm start (init, data order)."
+                            + _at_most(limits.MAX_SEED))
     warm_tasks: PositiveInt = Field(
-        4096, description="Synthetic tasks generated for the warm start (disjoint seed space "
-        "from the benchmark splits)."
-    )
+        4096, le=limits.MAX_TINY_WARM, description="Synthetic tasks generated for the warm "
+        "start (disjoint seed space from the benchmark splits)."
+        + _at_most(limits.MAX_TINY_WARM))
     warm_defect: float = Field(
         0.5, ge=0, lt=1, description="Share of warm-start solutions whose last line (`return "
         "x` / `print(x)`) is left out, so the warm-started policy has a habit that fails the "
@@ -308,8 +325,10 @@ class ControllerSpec(_Strict):
 
 # --------------------------------------------------------------------------- sections
 class ChainSpec(_Strict):
-    campaigns: PositiveInt = Field(10, description="Campaigns per chain (C).")
-    steps: PositiveInt = Field(20, description="Maximum gradient steps per campaign (B).")
+    campaigns: PositiveInt = Field(10, le=limits.MAX_CAMPAIGNS, description="Campaigns per "
+                                   "chain (C)." + _at_most(limits.MAX_CAMPAIGNS))
+    steps: PositiveInt = Field(20, le=limits.MAX_STEPS, description="Maximum gradient steps "
+                               "per campaign (B)." + _at_most(limits.MAX_STEPS))
     collapse_threshold: float = Field(
         0.20, ge=0, le=1, description="A campaign collapsed when peak - end exceeds this.")
     signature_rise: float = Field(
@@ -323,10 +342,14 @@ class ChainSpec(_Strict):
 class TasksSpec(_Strict):
     source: TaskSourceName = Field(
         "synthetic", description="Registered task source (`harness components`).")
-    train: PositiveInt = Field(50, description="Train-split problems (what campaigns optimise).")
-    eval: PositiveInt = Field(30, description="Eval-split problems (per-step pass@1, selection).")
-    test: PositiveInt = Field(30, description="Test-split problems (final numbers only).")
-    split_seed: int = Field(0, description="Seed of the deterministic split.")
+    train: PositiveInt = Field(50, le=limits.MAX_PROBLEMS, description="Train-split problems "
+                               "(what campaigns optimise)." + _at_most(limits.MAX_PROBLEMS))
+    eval: PositiveInt = Field(30, le=limits.MAX_PROBLEMS, description="Eval-split problems "
+                              "(per-step pass@1, selection)." + _at_most(limits.MAX_PROBLEMS))
+    test: PositiveInt = Field(30, le=limits.MAX_PROBLEMS, description="Test-split problems "
+                              "(final numbers only)." + _at_most(limits.MAX_PROBLEMS))
+    split_seed: Seed = Field(0, description="Seed of the deterministic split."
+                             + _at_most(limits.MAX_SEED))
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Source-specific options. Dataset sources (humaneval, mbpp, apps, taco, "
@@ -334,6 +357,14 @@ class TasksSpec(_Strict):
         "dataset_split, difficulty, max_statement_chars, max_tests, max_test_bytes, "
         "float_tol and their own (docs/task-sources.md); their defaults are filled in. "
         "synthetic: stdio_share, min_ops, max_ops.")
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _shallow_options(cls, v: Any) -> Any:
+        if limits.value_depth(v) > limits.MAX_VALUE_DEPTH + 1:
+            raise ValueError(f"options nest more than {limits.MAX_VALUE_DEPTH} levels deep "
+                             f"({_LIMITS}); flatten them")
+        return v
 
     @model_validator(mode="after")
     def _resolve_options(self) -> TasksSpec:
@@ -347,18 +378,23 @@ class TasksSpec(_Strict):
 
 class EvalSpec(_Strict):
     samples_per_task: PositiveInt = Field(
-        8, description="n completions per eval task (pass@1 = unbiased estimator, k=1).")
+        8, le=limits.MAX_SAMPLES, description="n completions per eval task (pass@1 = unbiased "
+        "estimator, k=1)." + _at_most(limits.MAX_SAMPLES))
     temperature: float = Field(0.7, ge=0, description="Sampling temperature at eval.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling at eval.")
-    max_new_tokens: PositiveInt = Field(512, description="Completion length cap at eval.")
+    max_new_tokens: PositiveInt = Field(512, le=limits.MAX_NEW_TOKENS, description="Completion "
+                                        "length cap at eval." + _at_most(limits.MAX_NEW_TOKENS))
 
 
 class RolloutSpec(_Strict):
-    group_size: PositiveInt = Field(16, description="G completions per training prompt.")
-    prompts_per_step: PositiveInt = Field(8, description="P training prompts per step.")
+    group_size: PositiveInt = Field(16, le=limits.MAX_SAMPLES, description="G completions per "
+                                    "training prompt." + _at_most(limits.MAX_SAMPLES))
+    prompts_per_step: PositiveInt = Field(8, le=limits.MAX_PROMPTS, description="P training "
+                                          "prompts per step." + _at_most(limits.MAX_PROMPTS))
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for training.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for training.")
-    max_new_tokens: PositiveInt = Field(512, description="Completion length cap.")
+    max_new_tokens: PositiveInt = Field(512, le=limits.MAX_NEW_TOKENS, description="Completion "
+                                        "length cap." + _at_most(limits.MAX_NEW_TOKENS))
     backend: RolloutBackendName = Field(
         "hf", description="Rollout backend (`harness components` says what each one is; "
         "docs/rollout-backends.md). Part of the cell's identity: backends sample differently.")
@@ -370,15 +406,15 @@ class OptimSpec(_Strict):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
     warmup_steps: NonNegInt = Field(
-        0, description="Linear learning-rate warm-up at the start of every campaign (the "
-        "optimizer is fresh per campaign): step s of a campaign uses lr x min(1, s / N); 0: "
-        "none.")
+        0, le=limits.MAX_WARMUP_STEPS, description="Linear learning-rate warm-up at the start "
+        "of every campaign (the optimizer is fresh per campaign): step s of a campaign uses lr "
+        "x min(1, s / N); 0: none." + _at_most(limits.MAX_WARMUP_STEPS))
     micro_batch_size: PositiveInt | None = Field(
-        None, description="Sequences per forward/backward pass of the update; their gradients "
+        None, le=limits.MAX_PROMPTS, description="Sequences per forward/backward pass of the update; their gradients "
         "accumulate into one optimizer step, with the loss normalised over the whole batch (the "
         "same gradient up to summation order; peak memory scales with this, not the batch). "
         "Also bounds the EWC Fisher's passes (same estimate). null: the whole batch (P*G "
-        "sequences) in one pass.")
+        "sequences) in one pass." + _at_most(limits.MAX_PROMPTS))
     master_weights: Literal["float32", "none"] = Field(
         "float32", description="float32: when the model's weights are 16-bit (bfloat16 or "
         "float16), AdamW steps float32 copies of them and writes them back rounded after every "
@@ -392,10 +428,16 @@ class OptimSpec(_Strict):
 
 
 class GraderSpec(_Strict):
-    timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per sample.")
-    memory_mb: PositiveInt = Field(512, description="Address-space limit per sample (MiB).")
-    output_bytes: PositiveInt = Field(1 << 20, description="Output cap per sample.")
-    workers: PositiveInt = Field(2, description="Sandbox worker processes per cell.")
+    timeout_s: float = Field(5.0, gt=0, le=limits.MAX_GRADER_TIMEOUT_S, description="Wall-"
+                             "clock limit per sample." + _at_most(limits.MAX_GRADER_TIMEOUT_S))
+    memory_mb: PositiveInt = Field(512, le=limits.MAX_GRADER_MEMORY_MB, description="Address-"
+                                   "space limit per sample (MiB)."
+                                   + _at_most(limits.MAX_GRADER_MEMORY_MB))
+    output_bytes: PositiveInt = Field(1 << 20, le=limits.MAX_GRADER_OUTPUT_BYTES,
+                                      description="Output cap per sample."
+                                      + _at_most(limits.MAX_GRADER_OUTPUT_BYTES))
+    workers: PositiveInt = Field(2, le=limits.MAX_GRADER_WORKERS, description="Sandbox worker "
+                                 "processes per cell." + _at_most(limits.MAX_GRADER_WORKERS))
     cache: bool = Field(
         True, description="Grade each distinct program once per cell process: passed, wrong "
         "answer and error verdicts are kept by the request's sha256 and reused (a policy "
@@ -436,7 +478,7 @@ class ExcludeRule(_Strict):
     model: str | None = Field(None, description="Model label to match.")
     method: str | None = Field(None, description="Method label to match.")
     controller: str | None = Field(None, description="Controller label to match.")
-    seed: int | None = Field(None, description="Seed to match.")
+    seed: Seed | None = Field(None, description="Seed to match.")
 
     @model_validator(mode="after")
     def _not_empty(self) -> ExcludeRule:
@@ -446,9 +488,11 @@ class ExcludeRule(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    gpus_per_cell: float = Field(0, ge=0, description="GPUs requested per cell (ray/docker); "
-                                 "with `distributed`, also the number of processes.")
-    cpus_per_cell: float = Field(1, gt=0, description="CPUs requested per cell (ray).")
+    gpus_per_cell: float = Field(0, ge=0, le=limits.MAX_RESOURCES, description="GPUs requested "
+                                 "per cell (ray/docker); with `distributed`, also the number of "
+                                 "processes." + _at_most(limits.MAX_RESOURCES))
+    cpus_per_cell: float = Field(1, gt=0, le=limits.MAX_RESOURCES, description="CPUs requested "
+                                 "per cell (ray)." + _at_most(limits.MAX_RESOURCES))
     distributed: str = Field(
         "none", json_schema_extra=lambda schema: schema.update(enum=_distributed_names()),
         description="How one cell trains: `none` (one process) or a DeepSpeed "
@@ -507,15 +551,23 @@ class Spec(_Strict):
         description="Inherit from another spec (registered name or path relative to this "
         "file) and override: mappings merge key by key, lists and scalars replace. `name` and "
         "`version` are never inherited. Applied before validation; not part of the hash.")
-    models: list[ModelSpec] = Field(min_length=1, description="Model axis of the grid.")
+    models: list[ModelSpec] = Field(min_length=1, max_length=limits.MAX_AXIS,
+                                    description="Model axis of the grid."
+                                    + _at_most(limits.MAX_AXIS))
     methods: list[MethodSpec] = Field(
         default_factory=lambda: [MethodSpec(name="reinforce")], min_length=1,
-        description="Method axis of the grid.")
+        max_length=limits.MAX_AXIS, description="Method axis of the grid."
+        + _at_most(limits.MAX_AXIS))
     controllers: list[ControllerSpec] = Field(
         default_factory=lambda: [ControllerSpec(name="naive")], min_length=1,
-        description="Controller axis of the grid.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seed axis.")
-    exclude: list[ExcludeRule] = Field(default_factory=list, description="Cells to drop.")
+        max_length=limits.MAX_AXIS, description="Controller axis of the grid."
+        + _at_most(limits.MAX_AXIS))
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1,
+                              max_length=limits.MAX_AXIS, description="Seed axis (each "
+                              f"0 to {limits.MAX_SEED:,})." + _at_most(limits.MAX_AXIS))
+    exclude: list[ExcludeRule] = Field(default_factory=list, max_length=limits.MAX_AXIS,
+                                       description="Cells to drop."
+                                       + _at_most(limits.MAX_AXIS))
     chain: ChainSpec = Field(default_factory=ChainSpec, description="Chain of campaigns.")
     tasks: TasksSpec = Field(default_factory=TasksSpec, description="Task source and splits.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Per-step eval pass@1.")
@@ -525,7 +577,8 @@ class Spec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
                                      description="Resources per cell (executors).")
     comparisons: list[ComparisonSpec] = Field(
-        default_factory=list, description="Declared comparisons (candidate vs baseline).")
+        default_factory=list, max_length=limits.MAX_AXIS,
+        description="Declared comparisons (candidate vs baseline)." + _at_most(limits.MAX_AXIS))
 
     @field_validator("models", mode="before")
     @classmethod
@@ -540,7 +593,19 @@ class Spec(_Strict):
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
-        dup = sorted({s for s in v if v.count(s) > 1})
+        seen: set[int] = set()
+        dup = sorted({s for s in v if s in seen or seen.add(s)})
         if dup:
             raise ValueError(f"duplicate seeds {dup}: each seed may appear once")
         return v
+
+    @model_validator(mode="after")
+    def _grid_within_limit(self) -> Spec:
+        axes = (len(self.models), len(self.methods), len(self.controllers), len(self.seeds))
+        cells = axes[0] * axes[1] * axes[2] * axes[3]
+        if cells > limits.MAX_CELLS:
+            raise ValueError(
+                f"the grid has {cells:,} cells (models x methods x controllers x seeds = "
+                f"{' x '.join(map(str, axes))}); the limit is {limits.MAX_CELLS:,} ({_LIMITS}): split "
+                "the spec, or use fewer seeds")
+        return self
