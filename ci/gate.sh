@@ -3,9 +3,10 @@
 #
 #   ci/gate.sh RUN_DIR [--inconclusive pass|fail]
 #
-# harness gate exits 0 (every gated row passes), 1 (a gated row fails: a credible regression,
-# or a `no_difference`/`improves` expectation contradicted), 3 (some gated row is
-# inconclusive, none fails) or 2 (it could not evaluate the run). This script:
+# harness gate exits 0 (every gated check passes), 1 (a gated check fails: a credible
+# regression, a `no_difference`/`improves` expectation contradicted, or a figure of an exact
+# baseline moved), 3 (some gated row is inconclusive, none fails) or 2 (it could not evaluate
+# the run: a missing directory, a corrupt trace). This script:
 #   0 -> 0; 1 -> 1 with an error annotation; 3 -> 0 with a warning annotation
 #   (`--inconclusive fail`: 3 -> 3); anything else -> that code, with an error annotation.
 # Inconclusive passes by default because a verdict needs >= 6 paired seeds at alpha 0.05

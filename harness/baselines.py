@@ -1,17 +1,26 @@
 """Registered baselines: per-seed metrics of a run's arms, stored with their provenance.
 
-One JSON file per spec, `benchmarks/baselines/<spec>.json` (docs/comparisons-and-gate.md "Registered baselines"):
+One JSON file per spec, `benchmarks/baselines/<spec>.json` (docs/comparisons-and-gate.md
+"Registered baselines"):
 
-    {"format": 1, "spec": NAME, "version": V, "spec_hash": H, "updated_at": ISO-8601 UTC,
+    {"format": 2, "spec": NAME, "version": V, "spec_hash": H, "mode": "statistical"|"exact",
+     "updated_at": ISO-8601 UTC,
      "arms": [{"model", "method", "controller", "seeds": [...],
-               "per_seed": [{"seed", "cell_id", "metrics": {METRIC: value, ...}}, ...],
-               "provenance": {"registered_at", "run_dir", "spec", "version", "spec_hash",
-                              "grid_hash", "harness_version", "git_commit",
+               "per_seed": [{"seed", "cell_id", "metrics": {METRIC: value, ...},
+                             "figures": {NAME: value, ...}}, ...],      # figures: exact only
+               "provenance": {"registered_at", "reason", "run_dir", "spec", "version",
+                              "spec_hash", "grid_hash", "harness_version", "git_commit",
                               "environment": {python, platform, packages, cpu, gpu, cuda,
                                               torch_threads}}}, ...]}
 
-Registering again with the same spec_hash replaces the registered arms and keeps the others;
-a different spec_hash replaces the file. A baseline whose spec_hash differs from a run's is
+`mode` says how `harness gate` checks a run against it: `statistical` (the same arm, paired
+by seed, expect no_worse) or `exact` (for deterministic CPU specs: every figure of every
+registered cell, `harness.runcheck.cell_figures`, must equal the baseline's). Format 1 files
+(no mode, no figures) read as statistical.
+
+Registering again with the same spec_hash and mode replaces the registered arms and keeps
+the others; a different spec_hash or mode replaces the file. A registration keeps the file's
+mode unless another is asked for. A baseline whose spec_hash differs from a run's is
 *stale*: reported, never used for gating.
 """
 
@@ -27,7 +36,9 @@ from harness.errors import UserError
 from harness.rundir import read_json_object, write_json
 from harness.stats import METRIC_FIELDS, cell_metric
 
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2
+READ_FORMATS = (1, 2)
+MODES = ("statistical", "exact")
 ENV_KEYS = ("python", "platform", "packages", "cpu", "gpu", "cuda", "torch_threads")
 
 
@@ -56,10 +67,14 @@ def _arm_matches(arm: tuple[str, str, str], wanted: str) -> bool:
 
 
 def build_arms(results: dict[str, Any], provenance: dict[str, Any],
-               arms: Iterable[str] | None = None) -> list[dict[str, Any]]:
+               arms: Iterable[str] | None = None,
+               traces: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Baseline arm entries from a run's results.json: every arm with finished cells (or the
-    arms named `method/controller` / `model/method/controller`). UserError if a named arm has
-    no finished cell."""
+    arms named `method/controller` / `model/method/controller`); with `traces` ({cell_id:
+    records}, an exact baseline) each seed also holds its cell's figures. UserError if a
+    named arm has no finished cell."""
+    from harness.runcheck import cell_figures
+
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for c in results.get("cells") or []:
         key = (c["model"], c["method"], c["controller"])
@@ -82,9 +97,13 @@ def build_arms(results: dict[str, Any], provenance: dict[str, Any],
     for key, done in groups.items():
         if not done or (wanted and not any(_arm_matches(key, w) for w in wanted)):
             continue
-        per_seed = [{"seed": int(c["seed"]), "cell_id": c.get("cell_id"),
-                     "metrics": {m: cell_metric(c, m) for m in METRIC_FIELDS}}
-                    for c in sorted(done, key=lambda c: c["seed"])]
+        per_seed = []
+        for c in sorted(done, key=lambda c: c["seed"]):
+            p = {"seed": int(c["seed"]), "cell_id": c.get("cell_id"),
+                 "metrics": {m: cell_metric(c, m) for m in METRIC_FIELDS}}
+            if traces is not None:
+                p["figures"] = cell_figures(c, traces[str(c["cell_id"])])
+            per_seed.append(p)
         out.append({"model": key[0], "method": key[1], "controller": key[2],
                     "seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
                     "provenance": provenance})
@@ -93,48 +112,66 @@ def build_arms(results: dict[str, Any], provenance: dict[str, Any],
     return out
 
 
-def register(run_dir: Path, arms: Iterable[str] | None = None, root: Path | None = None
+def register(run_dir: Path, arms: Iterable[str] | None = None, root: Path | None = None,
+             mode: str | None = None, reason: str | None = None
              ) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
     """Register a run's finished arms as the baseline of its spec: (path, document, the arm
-    entries written). Keeps previously registered arms of the same spec_hash."""
+    entries written). `mode`: statistical or exact (default: the registered file's, else
+    statistical); `reason`: why (kept in the provenance). The traces of the finished cells
+    are checked first (`harness.runcheck.finished_traces`). Keeps previously registered arms
+    of the same spec_hash and mode."""
     from harness.compare import load_run_files
+    from harness.runcheck import finished_traces
 
+    if mode is not None and mode not in MODES:
+        raise UserError(f"--mode {mode}: use one of {', '.join(MODES)}")
     results, resolved = load_run_files(run_dir)
+    traces = finished_traces(run_dir, results)
     env_path = run_dir / "environment.json"
     env = (read_json_object(env_path, "the run's environment", "re-run `harness bench` on its "
                             "spec to rebuild it") if env_path.exists() else {})
+    path = baseline_path(results["spec"], root)
+    old = load_baseline_file(path) if path.exists() else None
+    mode = mode or (old or {}).get("mode") or "statistical"
+    if mode == "exact" and env.get("gpu"):
+        raise UserError(f"{run_dir} ran with GPUs ({', '.join(map(str, env['gpu']))}): an exact "
+                        "baseline is for CPU runs, which are bit-identical from run to run; "
+                        "register it with --mode statistical, or re-run the spec on a CPU "
+                        "machine")
     now = _now()
     provenance = {
-        "registered_at": now, "run_dir": str(run_dir.resolve()),
+        "registered_at": now, "reason": reason, "run_dir": str(run_dir.resolve()),
         "spec": results["spec"], "version": results["version"],
         "spec_hash": results["spec_hash"], "grid_hash": resolved.get("grid_hash"),
         "harness_version": results.get("harness_version") or env.get("harness_version"),
         "git_commit": env.get("git_commit"),
         "environment": {k: env.get(k) for k in ENV_KEYS if k in env},
     }
-    new = build_arms(results, provenance, arms)
-    path = baseline_path(results["spec"], root)
+    new = build_arms(results, provenance, arms, traces if mode == "exact" else None)
     kept: list[dict[str, Any]] = []
-    if path.exists():
-        old = load_baseline_file(path)
-        if old["spec_hash"] == results["spec_hash"]:
-            replaced = {(a["model"], a["method"], a["controller"]) for a in new}
-            kept = [a for a in old["arms"]
-                    if (a["model"], a["method"], a["controller"]) not in replaced]
+    if old is not None and old["spec_hash"] == results["spec_hash"] and old["mode"] == mode:
+        replaced = {(a["model"], a["method"], a["controller"]) for a in new}
+        kept = [a for a in old["arms"]
+                if (a["model"], a["method"], a["controller"]) not in replaced]
     doc = {"format": BASELINE_FORMAT, "spec": results["spec"], "version": results["version"],
-           "spec_hash": results["spec_hash"], "updated_at": now, "arms": kept + new}
+           "spec_hash": results["spec_hash"], "mode": mode, "updated_at": now,
+           "arms": kept + new}
     write_json(path, doc)
     return path, doc, new
 
 
 def load_baseline_file(path: Path) -> dict[str, Any]:
-    """Read and check a baseline file; UserError (one line) if it is malformed."""
+    """Read and check a baseline file (`mode` filled in for format 1); UserError (one line)
+    if it is malformed."""
     fix = "re-register it with `harness baseline register RUN`"
     doc = read_json_object(path, "baseline", fix)
-    if doc.get("format") != BASELINE_FORMAT:
+    if doc.get("format") not in READ_FORMATS:
         raise UserError(f"baseline {path} has format {doc.get('format')!r}, this harness reads "
-                        f"{BASELINE_FORMAT}; {fix}")
+                        f"{' and '.join(map(str, READ_FORMATS))}; {fix}")
+    doc.setdefault("mode", "statistical")
     bad = ", ".join(k for k in ("spec", "version", "spec_hash", "arms") if k not in doc)
+    if not bad and doc["mode"] not in MODES:
+        bad = f"mode ({doc['mode']!r}; one of {', '.join(MODES)})"
     try:
         for a in [] if bad else doc["arms"]:
             bad = ", ".join(k for k in ("model", "method", "controller", "per_seed")
@@ -142,6 +179,8 @@ def load_baseline_file(path: Path) -> dict[str, Any]:
             for p in [] if bad else a["per_seed"]:
                 if not isinstance(p["seed"], int) or not isinstance(p["metrics"], dict):
                     bad = "per_seed"
+                elif doc["mode"] == "exact" and not isinstance(p.get("figures"), dict):
+                    bad = "per_seed figures (an exact baseline holds every cell's figures)"
             if bad:
                 break
     except (KeyError, TypeError) as e:

@@ -6,9 +6,11 @@ and exit non-zero (2 for spec problems); tracebacks are kept for bugs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import __version__
-from harness.errors import SpecError, UserError
+from harness.errors import CannotEvaluate, SpecError, UserError
 from harness.guard.cli import guard_app
 
 app = typer.Typer(
@@ -311,6 +313,20 @@ Margin = Annotated[float, typer.Option(
     "--margin", min=0.0, help="Equivalence margin of `no_difference`, in metric units.")]
 
 
+@contextlib.contextmanager
+def _evaluating() -> Iterator[None]:
+    """A problem that stops `gate`, `compare`, `report` or `baseline register` from
+    evaluating a run exits 2 (CannotEvaluate), never 1: the gate's "a gated check fails"."""
+    try:
+        yield
+    except SpecError:
+        raise
+    except UserError as e:
+        if isinstance(e, CannotEvaluate):
+            raise
+        raise CannotEvaluate(str(e)) from None
+
+
 @app.command()
 def compare(
     run: RunDir,
@@ -324,7 +340,9 @@ def compare(
 ) -> None:
     """Print a run's comparisons, paired by seed: mean difference, bootstrap 95% CI, wins,
     sign-flip p, verdict (improves / regresses / no_difference / inconclusive) and outcome
-    against the spec's `expect`."""
+    against the spec's `expect`. The traces of the finished cells are checked against
+    results.json first. Exit 2 if a run cannot be evaluated (missing, unreadable, a corrupt
+    trace)."""
     from harness.baselines import baseline_results, load_baseline, stale_message
     from harness.compare import (
         comparisons_table,
@@ -333,31 +351,36 @@ def compare(
         load_run,
         load_run_files,
     )
+    from harness.runcheck import finished_traces
 
-    spec, results = load_run(run)
-    kw = {"alpha": alpha, "margin": margin}
-    if against is None:
-        rows = evaluate_comparisons(spec, results, **kw)
-    else:
-        if against == "registered":
-            path, doc = load_baseline(results["spec"], baselines)
-            if doc is None:
-                raise UserError(f"no registered baseline for {results['spec']} ({path}); "
-                                "register one with `harness baseline register RUN`")
-            stale = stale_message(path, doc, results)
-            if stale:
-                err.print(f"warning: {stale}", markup=False, highlight=False)
-            other, kind = baseline_results(doc), "registered"
+    with _evaluating():
+        spec, results = load_run(run)
+        finished_traces(run, results)
+        kw = {"alpha": alpha, "margin": margin}
+        if against is None:
+            rows = evaluate_comparisons(spec, results, **kw)
         else:
-            other, _ = load_run_files(Path(against))
-            if other["spec_hash"] != results["spec_hash"]:
-                err.print(f"note: {against} ran {other['spec']}@{other['version']} (spec_hash "
-                          f"{str(other['spec_hash'])[:12]}), {run} ran {results['spec']}@"
-                          f"{results['version']} ({str(results['spec_hash'])[:12]})",
-                          markup=False, highlight=False)
-            other, kind = {**other, "source": str(against)}, "same_arm"
-        rows = evaluate_comparisons(spec, results, other, **kw) + evaluate_same_arms(
-            results, other, kind=kind, gate=False, **kw)
+            if against == "registered":
+                path, doc = load_baseline(results["spec"], baselines)
+                if doc is None:
+                    raise UserError(f"no registered baseline for {results['spec']} ({path}); "
+                                    "register one with `harness baseline register RUN`")
+                stale = stale_message(path, doc, results)
+                if stale:
+                    err.print(f"warning: {stale}", markup=False, highlight=False)
+                other, kind = baseline_results(doc), "registered"
+            else:
+                other, _ = load_run_files(Path(against))
+                finished_traces(Path(against), other)
+                if other["spec_hash"] != results["spec_hash"]:
+                    err.print(f"note: {against} ran {other['spec']}@{other['version']} "
+                              f"(spec_hash {str(other['spec_hash'])[:12]}), {run} ran "
+                              f"{results['spec']}@{results['version']} "
+                              f"({str(results['spec_hash'])[:12]})",
+                              markup=False, highlight=False)
+                other, kind = {**other, "source": str(against)}, "same_arm"
+            rows = evaluate_comparisons(spec, results, other, **kw) + evaluate_same_arms(
+                results, other, kind=kind, gate=False, **kw)
     if not rows:
         out.print(f"{results['spec']}@{results['version']} declares no comparisons; add "
                   "`comparisons:` to the spec or use --against", markup=False, highlight=False)
@@ -373,47 +396,20 @@ def gate(
     alpha: Alpha = 0.05,
     margin: Margin = 0.02,
 ) -> None:
-    """Check a run: the spec's comparisons with `gate: true`, and every arm of the spec's
-    registered baseline (same arm, expect no_worse, end-of-chain test pass@1). Exit 0: pass;
-    1: a gated comparison fails; 3: inconclusive (too few seeds or too noisy), none failing.
-    A stale baseline (another spec_hash) is reported and not used."""
-    from harness.baselines import baseline_results, load_baseline, stale_message
-    from harness.compare import (
-        comparisons_table,
-        evaluate_comparisons,
-        evaluate_same_arms,
-        gate_exit_code,
-        load_run,
-    )
+    """Check a run: the spec's comparisons with `gate: true`, and its registered baseline:
+    statistical (every arm vs the same arm, expect no_worse, end-of-chain test pass@1) or
+    exact (every figure of every registered cell must be unchanged; the moved ones are
+    listed). Exit 0: pass; 1: a gated check fails; 3: inconclusive (too few seeds or too
+    noisy), none failing; 2: the run could not be evaluated (missing, unreadable, a corrupt
+    trace, results that do not match their traces). A stale baseline (another spec_hash) is
+    reported and not used."""
+    from harness.gate import run_gate
 
-    spec, results = load_run(run)
-    kw = {"alpha": alpha, "margin": margin}
-    rows = [r for r in evaluate_comparisons(spec, results, **kw) if r["gate"]]
-    path, doc = load_baseline(results["spec"], baselines)
-    if doc is None:
-        out.print(f"no registered baseline for {results['spec']} ({path}); register one with "
-                  "`harness baseline register RUN`", markup=False, highlight=False)
-    elif stale := stale_message(path, doc, results):
-        err.print(f"warning: {stale}", markup=False, highlight=False)
-    else:
-        rows += evaluate_same_arms(results, baseline_results(doc), kind="registered", gate=True,
-                                   **kw)
-    name = f"{results['spec']}@{results['version']}"
-    if rows:
-        out.print(comparisons_table(rows, f"gate of {name} ({run})"))
-    rc = gate_exit_code(rows)
-    failed = sum(r["outcome"] == "fail" for r in rows)
-    unsure = sum(r["outcome"] == "inconclusive" for r in rows)
-    if not rows:
-        line = f"gate: pass ({name} has nothing gated: no `gate: true` comparison, no baseline)"
-    elif rc == 1:
-        line = f"gate: FAIL ({failed} of {len(rows)} gated comparisons fail)"
-    elif rc == 3:
-        line = (f"gate: inconclusive ({unsure} of {len(rows)} gated comparisons inconclusive, "
-                "none failing; more seeds would decide)")
-    else:
-        line = f"gate: pass ({len(rows)} gated comparisons)"
-    out.print(line, markup=False, highlight=False)
+    with _evaluating():
+        rc = run_gate(run, baselines, alpha=alpha, margin=margin,
+                      say=lambda m: out.print(m, markup=False, highlight=False),
+                      warn=lambda m: err.print(m, markup=False, highlight=False),
+                      table=out.print)
     if rc:
         raise typer.Exit(rc)
 
@@ -432,19 +428,29 @@ def baseline_register(
     arm: Annotated[list[str] | None, typer.Option(
         "--arm", help="An arm to register, method/controller or model/method/controller; "
         "repeatable (default: every arm with finished cells).")] = None,
+    mode: Annotated[str | None, typer.Option(
+        "--mode", metavar="statistical|exact", help="How `harness gate` checks runs against "
+        "it: statistical (paired by seed) or exact (every figure of every cell unchanged; for "
+        "deterministic CPU specs). Default: the registered file's mode, else statistical.")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", help="Why it is (re-)registered, kept in the provenance (say it in the "
+        "commit too).")] = None,
     baselines: BaselinesDir = None,
 ) -> None:
     """Register a run's finished arms as its spec's baseline, with provenance (spec hash,
-    harness version, git commit, environment). Arms registered before under the same
-    spec_hash are kept; another spec_hash replaces the file."""
+    harness version, git commit, environment, reason). The traces are checked first. Arms
+    registered before under the same spec_hash and mode are kept; another spec_hash or mode
+    replaces the file. Exit 2 if the run cannot be read."""
     from harness.baselines import register
 
-    path, doc, new = register(run, arm, baselines)
+    with _evaluating():
+        path, doc, new = register(run, arm, baselines, mode=mode, reason=reason)
     arms = ", ".join(f"{a['model']}/{a['method']}/{a['controller']} (seeds "
                      f"{','.join(map(str, a['seeds']))})" for a in new)
     out.print(f"registered {len(new)} arm{'s' if len(new) != 1 else ''} of {doc['spec']}@"
-              f"{doc['version']} (spec_hash {doc['spec_hash'][:12]}) in {path}: {arms}",
-              markup=False, highlight=False)
+              f"{doc['version']} (spec_hash {doc['spec_hash'][:12]}, {doc['mode']}) in {path}: "
+              f"{arms}", markup=False, highlight=False)
 
 
 # --------------------------------------------------------------------------- reports
@@ -455,10 +461,13 @@ def report(
         "--out", help="Directory for the report (default: the run directory).")] = None,
 ) -> None:
     """Write report.md (figures in report_figures/) and a self-contained report.html: curves,
-    end-of-chain pass@1 with CIs, peak vs end, arms, guard lead time and comparisons."""
+    end-of-chain pass@1 with CIs, peak vs end, arms, guard lead time and comparisons. Exit 2
+    if the run cannot be read (a corrupt trace, a finished cell's trace cut off); the cut-off
+    last line of an unfinished cell's trace (the step in flight) is left out with a note."""
     from harness.report import write_report
 
-    md, page, missing = write_report(run, out)
+    with _evaluating():
+        md, page, missing = write_report(run, out)
     for m in missing:
         err.print(f"note: {m}", markup=False, highlight=False)
     out_console().print(f"wrote {md} and {page}", markup=False, highlight=False)

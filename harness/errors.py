@@ -36,3 +36,11 @@ class SpecError(UserError):
     def __init__(self, problems: list[SpecProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class CannotEvaluate(UserError):
+    """`harness gate`, `compare`, `report` and `baseline register` could not evaluate a run
+    (a missing or unreadable run directory, a corrupt trace, results that do not match their
+    traces, a malformed baseline): exit 2, never the gate's 1 (a gated comparison fails)."""
+
+    exit_code = 2

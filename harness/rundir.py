@@ -142,6 +142,9 @@ def environment() -> dict[str, Any]:
         import torch
 
         env["torch_threads"] = torch.get_num_threads()
+        # the vector width torch's CPU kernels use (AVX512, AVX2, ...): float rounding, and so
+        # the tiny policy's weights after its warm start, depend on it (exact baselines)
+        env["cpu"]["capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             env["cuda"] = torch.version.cuda
             env["gpu"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -13,6 +13,7 @@ import pytest
 from harness.bench import collect_results
 from harness.cli import main
 from harness.compare import evaluate_comparisons, load_run
+from harness.results import chain_aggregates
 from harness.spec import Spec, expand_cells, resolved_dict, spec_hash
 from harness.spec.grid import grid_hash
 
@@ -44,14 +45,19 @@ def _make_run(path: Path, spec: Spec, es_shift: float, *, naive: Any = _naive,
         if k["controller"] == "es":
             v += es_shift + 0.004 * ((c.seed * 7) % 3 - 1)
         done = c.seed not in unfinished
+        campaign = {"index": 0, "start": v, "peak": v + 0.1, "end": v, "gap": 0.1,
+                    "collapsed": False}
+        eoc = {"pass1_test": v, "pass1_eval": v + 0.05, "carried_from": "c0:last"}
         cells.append({**k, "controller_name": k["controller"],
                       "status": "finished" if done else "partial",
-                      "end_of_chain": {"pass1_test": v, "pass1_eval": v + 0.05,
-                                       "carried_from": "c1:last"} if done else None,
-                      "aggregates": {"mean_peak": v + 0.1, "mean_end": v, "mean_gap": 0.1,
-                                     "collapse_rate": 0.0, "collapsed_campaigns": 0,
-                                     "carryover": [0.0], "total_steps": 4}})
-    path.mkdir(parents=True)
+                      "end_of_chain": eoc if done else None, "campaigns": [campaign],
+                      "aggregates": {**chain_aggregates([campaign]), "total_steps": 4}})
+        # the trace results.json comes from (gate and compare check it)
+        trace = path / "cells" / k["cell_id"] / "trace.jsonl"
+        trace.parent.mkdir(parents=True)
+        trace.write_text("".join(json.dumps(r) + "\n" for r in
+                                 [{"type": "campaign", **campaign}]
+                                 + ([{"type": "final", **eoc}] if done else [])))
     (path / "resolved_spec.json").write_text(json.dumps(
         {"spec_hash": spec_hash(spec), "grid_hash": grid_hash(expand_cells(spec)),
          "spec": resolved_dict(spec)}))
@@ -121,7 +127,8 @@ def test_register_round_trip_and_gate_against_it(
     rc, out, _ = _harness(capsys, "baseline", "register", str(run), "--baselines", str(store))
     assert rc == 0 and "registered 2 arms of gate-demo@1" in out
     doc = json.loads((store / "gate-demo.json").read_text())
-    assert doc["spec_hash"] == spec_hash(spec) and doc["format"] == 1
+    assert doc["spec_hash"] == spec_hash(spec) and doc["format"] == 2
+    assert doc["mode"] == "statistical"
     results = json.loads((run / "results.json").read_text())
     by_key = {(c["controller"], c["seed"]): c["end_of_chain"]["pass1_test"]
               for c in results["cells"]}
@@ -155,7 +162,7 @@ def test_register_one_arm_keeps_the_others_of_the_same_spec_hash(
     assert sorted(a["controller"] for a in doc["arms"]) == ["es", "naive"]
     rc, _, err = _harness(capsys, "baseline", "register", str(run), "--arm", "reinforce/care",
                           "--baselines", str(store))
-    assert rc == 1 and err.count("error:") == 1 and "reinforce/care" in err
+    assert rc == 2 and err.count("error:") == 1 and "reinforce/care" in err
 
 
 def test_stale_baseline_is_reported_and_not_used_for_gating(
@@ -185,7 +192,7 @@ def test_compare_prints_declared_rows_and_against_another_run(
     assert rc == 0 and out.count("(other)") == 3, out
     rc, _, err = _harness(capsys, "compare", str(run), "--against", "registered",
                           "--baselines", str(store))
-    assert rc == 1 and "no registered baseline for gate-demo" in err
+    assert rc == 2 and "no registered baseline for gate-demo" in err
 
 
 def test_evaluate_comparisons_rows_and_per_model_pairs(tmp_path: Path) -> None:
@@ -204,21 +211,21 @@ def test_evaluate_comparisons_rows_and_per_model_pairs(tmp_path: Path) -> None:
 def test_bad_run_directories_end_in_one_error_line(
         tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _harness(capsys, "gate", str(tmp_path / "nowhere"))
-    assert rc == 1 and err.count("error:") == 1 and "does not exist" in err
+    assert rc == 2 and err.count("error:") == 1 and "does not exist" in err
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, _, err = _harness(capsys, "compare", str(empty))
-    assert rc == 1 and err.count("error:") == 1 and "results.json (the run's results) does not " \
+    assert rc == 2 and err.count("error:") == 1 and "results.json (the run's results) does not " \
         "exist" in err
     run = _make_run(tmp_path / "run", _spec(3), es_shift=0.0)
     (run / "results.json").write_text("{not json")
     for cmd in ("gate", "compare"):
         rc, out, err = _harness(capsys, cmd, str(run), "--baselines", str(store))
-        assert rc == 1 and err.count("error:") == 1 and "not valid JSON" in err
+        assert rc == 2 and err.count("error:") == 1 and "not valid JSON" in err
         assert "Traceback" not in out + err
     (run / "results.json").write_text(json.dumps({"spec": "gate-demo", "version": 1}))
     rc, _, err = _harness(capsys, "baseline", "register", str(run), "--baselines", str(store))
-    assert rc == 1 and err.count("error:") == 1 and "malformed" in err and "spec_hash" in err
+    assert rc == 2 and err.count("error:") == 1 and "malformed" in err and "spec_hash" in err
 
 
 def test_malformed_baseline_file_is_one_error_line(
@@ -227,7 +234,7 @@ def test_malformed_baseline_file_is_one_error_line(
     store.mkdir()
     (store / "gate-demo.json").write_text(json.dumps({"format": 1, "spec": "gate-demo"}))
     rc, _, err = _harness(capsys, "gate", str(run), "--baselines", str(store))
-    assert rc == 1 and err.count("error:") == 1 and "malformed" in err
+    assert rc == 2 and err.count("error:") == 1 and "malformed" in err
 
 
 # --------------------------------------------------------------------------- bench

@@ -6,7 +6,6 @@ themselves come from `harness.results`."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,9 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.results import arm_rows, campaign_signature, mean_ci, seed_values
+from harness.runcheck import check_finished
 from harness.rundir import read_json_object
-from harness.runner.trace import read_trace
+from harness.runner.trace import read_trace_checked
 
 ArmKey = tuple[str, str, str]   # (model, method, controller) labels
 
@@ -63,19 +63,12 @@ class RunData:
         return f"{key[0]}: {key[1]}/{key[2]}" if multi else f"{key[1]}/{key[2]}"
 
 
-def read_cell_trace(path: Path) -> list[dict[str, Any]]:
-    """A cell's trace records (`harness.runner.trace.read_trace`: a torn last line is the
-    step in flight when the cell stopped, left out), or a one-line `UserError` naming a corrupt
-    line or an unreadable file."""
-    try:
-        return read_trace(path)
-    except json.JSONDecodeError as e:
-        with open(path, encoding="utf-8") as f:  # the failing line: the first one like it
-            n = next((i for i, line in enumerate(f, 1) if line == e.doc), 0)
-        raise UserError(f"{path}:{n}: not a JSON line; the trace is corrupt: delete the cell "
-                        "directory and re-run `harness bench`") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+def read_cell_trace(path: Path, complete: bool = False
+                    ) -> tuple[list[dict[str, Any]], int | None]:
+    """A cell's trace records and the number of a cut-off last line (None if none)
+    (`harness.runner.trace.read_trace_checked`): a corrupt line, or a cut-off line in the
+    trace of a finished cell (`complete`), is a one-line `UserError` naming file and line."""
+    return read_trace_checked(path, complete=complete)
 
 
 def load_run(run_dir: Path) -> RunData:
@@ -117,7 +110,12 @@ def load_run(run_dir: Path) -> RunData:
             missing.append(f"cell {cid}: {status}, no trace")
             cells.append(CellData(entry, [], []))
             continue
-        records = read_cell_trace(path)
+        records, torn = read_cell_trace(path, complete=status == "finished")
+        if status == "finished":
+            check_finished(run_dir, entry, path, records)
+        elif torn is not None:
+            missing.append(f"cell {cid}: {path}:{torn} is cut off (the step in flight when the "
+                           "cell stopped, or is still running): left out")
         steps = [r for r in records if r.get("type") == "step"]
         camps = [r for r in records if r.get("type") == "campaign"]
         if status != "finished":

@@ -98,6 +98,46 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_trace_checked(path: Path, *, complete: bool) -> tuple[list[dict[str, Any]], int | None]:
+    """A trace read line by line for evaluation (`harness gate`, `compare`, `report`):
+    (records, the number of a cut-off last line or None). A line that is not a JSON object
+    with a `type` is a one-line `UserError` naming `path:line`. A last line without its
+    newline is the step in flight of a cell that is running or was stopped: left out and
+    returned when `complete` is false; when it is true (the trace of a finished cell, which
+    ends with its `final` line and is never written again) it is an error too: the file was
+    cut short after the cell finished (a partial copy or download)."""
+    redo = ("delete the cell directory and re-run `harness bench` (or copy the run directory "
+            "again)")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; {redo}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    torn = None if lines[-1] == b"" else len(lines)
+    if torn is None:
+        lines.pop()  # the empty string after the last newline
+    records: list[dict[str, Any]] = []
+    for n, raw in enumerate(lines, 1):
+        if n == torn:
+            if complete:
+                raise UserError(f"{path}:{n}: the last line is cut off (no newline) in the "
+                                f"trace of a finished cell: the file was truncated; {redo}")
+            break
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else e.reason
+            raise UserError(f"{path}:{n}: not a JSON line ({why}); the trace is corrupt: "
+                            f"{redo}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+            raise UserError(f"{path}:{n}: not a trace record (a JSON object with a `type`); "
+                            f"the trace is corrupt: {redo}")
+        records.append(record)
+    return records, torn
+
+
 def without_timing(record: dict[str, Any]) -> dict[str, Any]:
     """A record minus the fields that legitimately differ between identical runs."""
     return {k: v for k, v in record.items() if k not in TIMING_KEYS}
