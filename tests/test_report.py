@@ -204,7 +204,7 @@ def test_bad_run_directory_ends_in_one_clear_line(tmp_path: Path, damage: str, e
         trace.write_text("{not json\n")
     with pytest.raises(UserError, match=re.escape(expected)):
         write_report(run)
-    assert main(["report", str(run)]) == 1
+    assert main(["report", str(run)]) == 2  # could not evaluate (docs/comparisons-and-gate.md)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
 
