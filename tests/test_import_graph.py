@@ -151,3 +151,39 @@ def test_no_source_file_over_the_size_limit() -> None:
              for p in module_files(ROOT, PACKAGES).values()}
     over = {f: n for f, n in sorted(sizes.items()) if n > MAX_LINES}
     assert not over, f"source files over {MAX_LINES} lines: {over}"
+
+
+def test_reading_specs_imports_no_heavy_library() -> None:
+    """`harness list`, `plan`, `validate`, `spec-schema` and `components` load every registry
+    but none of torch, transformers, scipy, DeepSpeed... (harness.lazy): they answer in well
+    under a second instead of 5-10."""
+    import subprocess
+    import sys
+
+    from harness.lazy import HEAVY
+
+    code = (
+        "import contextlib, io, sys\n"
+        "from harness.cli import main\n"
+        "for args in (['list'], ['validate', 'tiny-smoke', 'qwen7b-grpo', 'tiny-study'],\n"
+        "             ['plan', 'qwen7b-controllers'], ['spec-schema'], ['components']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert main(args) == 0, args\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "[]", f"imported: {r.stdout.strip()}"
+
+
+def test_lazy_module_imports_on_first_use() -> None:
+    import sys
+
+    from harness.lazy import lazy_module
+
+    name = "xml.dom.minidom"
+    sys.modules.pop(name, None)
+    mod = lazy_module(name)
+    assert name not in sys.modules and "not imported yet" in repr(mod)
+    assert mod.parseString("<a/>").documentElement.tagName == "a"
+    assert name in sys.modules and mod.Node is sys.modules[name].Node

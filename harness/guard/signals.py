@@ -31,9 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from harness.lazy import lazy_module
 from harness.registry import Registry
+
+stats = lazy_module("scipy.stats")  # seconds to import; `harness validate` needs none
 
 Records = Sequence[Mapping[str, Any]]
 # (records, t, params) -> the reason it fires at position t, or None

@@ -19,6 +19,8 @@ Adding a method is one function registered with `@method(name, Params)` in `adva
 plus a test (docs/components.md).
 """
 
+from typing import Any
+
 from harness.methods.advantages import (
     METHODS,
     Method,
@@ -28,7 +30,6 @@ from harness.methods.advantages import (
     reinforce,
     rloo,
 )
-from harness.methods.logprobs import token_logprobs
 from harness.methods.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -42,15 +43,31 @@ from harness.methods.losses import (
     seq_sum,
     token_mean,
 )
-from harness.methods.precision import MasterWeightsAdamW, make_optimizer
-from harness.methods.regularizers import EWCState, estimate_fisher, make_reference
-from harness.methods.step import (
-    aggregation_weights,
-    apply_gradients,
-    backward_loss,
-    compute_loss,
-    optimizer_step,
-)
+
+# The registries above (imported with their modules, which import torch only when they run:
+# harness.lazy) are what reading a spec needs; the update machinery is imported on first use.
+_LAZY = {
+    "token_logprobs": "logprobs",
+    "MasterWeightsAdamW": "precision",
+    "make_optimizer": "precision",
+    "EWCState": "regularizers",
+    "estimate_fisher": "regularizers",
+    "make_reference": "regularizers",
+    "aggregation_weights": "step",
+    "apply_gradients": "step",
+    "backward_loss": "step",
+    "compute_loss": "step",
+    "optimizer_step": "step",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"harness.methods.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AGGREGATIONS",

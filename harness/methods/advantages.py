@@ -14,20 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
 
+from harness.lazy import lazy_module
 from harness.registry import Registry, first_sentence
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from harness.spec.schema import MethodSpec
 
-AdvantageFn = Callable[[Tensor, "MethodSpec"], Tensor]
+torch = lazy_module("torch")  # imported on first use: reading a spec needs none
+
+AdvantageFn = Callable[["Tensor", "MethodSpec"], "Tensor"]
 # Estimators whose statistics span the whole batch, not one prompt's group, say how to
 # compute them over the valid samples only (`masked_advantages`); the others are applied
 # group by group to the valid samples.
-MaskedFn = Callable[[Tensor, Tensor, "MethodSpec"], Tensor]
+MaskedFn = Callable[["Tensor", "Tensor", "MethodSpec"], "Tensor"]
 
 
 class MethodParams(BaseModel):

@@ -9,15 +9,19 @@ the step code only looks them up.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from harness.lazy import lazy_module
 from harness.registry import Registry
 
-AggregateFn = Callable[[Tensor, Tensor], Tensor]
-KLFn = Callable[[Tensor, Tensor], Tensor]
-PolicyLossFn = Callable[[Tensor, Tensor], Tensor]  # (logp [N, T'], advantages [N]) -> [N, T']
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")  # imported on first use: reading a spec needs none
+
+AggregateFn = Callable[["Tensor", "Tensor"], "Tensor"]
+KLFn = Callable[["Tensor", "Tensor"], "Tensor"]
+PolicyLossFn = Callable[["Tensor", "Tensor"], "Tensor"]  # (logp [N, T'], advantages [N]) -> [N, T']
 
 POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
 AGGREGATIONS: Registry[AggregateFn] = Registry("loss aggregation")

@@ -1,23 +1,29 @@
 """Policies: loading (tiny / local / hub), rollouts, and code extraction."""
 
+from typing import Any
+
 from harness.policy import lean, vllm_backend  # noqa: F401  (rollout backend registration)
 from harness.policy.backends import ROLLOUT_BACKENDS, make_backend
-from harness.policy.extract import extract_code, strip_prose, truncate_at_stops
-from harness.policy.loading import Policy, enable_activation_checkpointing, load_policy
-from harness.policy.prompting import (
-    chat_messages,
-    completion_code,
-    prompt_record,
-    prompt_records,
-    render_prompt,
-)
-from harness.policy.rollout import (
-    HFGenerateBackend,
-    RolloutBackend,
-    Rollouts,
-    encode_prompt,
-)
-from harness.policy.tiny import default_cache_dir, ensure_tiny, recipe_hash
+from harness.policy.rollout import HFGenerateBackend, RolloutBackend, Rollouts, encode_prompt
+
+# The rest is imported on first use (loading and the tiny policy's build import transformers);
+# the backend modules above import torch only when they run (harness.lazy).
+_LAZY = {
+    "extract_code": "extract", "strip_prose": "extract", "truncate_at_stops": "extract",
+    "Policy": "loading", "enable_activation_checkpointing": "loading",
+    "load_policy": "loading", "chat_messages": "prompting", "completion_code": "prompting",
+    "prompt_record": "prompting", "prompt_records": "prompting", "render_prompt": "prompting",
+    "default_cache_dir": "tiny", "ensure_tiny": "tiny", "recipe_hash": "tiny",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"harness.policy.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ROLLOUT_BACKENDS",

@@ -28,19 +28,23 @@ static cache) is the next step there and is not done yet.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+from harness.lazy import lazy_module
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from harness.policy.loading import Policy
 
 from harness.policy.backends import ROLLOUT_BACKENDS, Warn
 from harness.policy.rollout import Rollouts, encode_prompt
+
+torch = lazy_module("torch")  # imported on first use: reading a spec needs none
 
 # Prefill runs at most this many prompt tokens (rows x padded width) at once, so a long batch
 # of prompts never materialises one huge activation tensor (page faults dominate on CPU).
@@ -80,66 +84,79 @@ class KVBuffers:
         return buf[:numel].view(shape)
 
 
-class PreallocatedLayer(_layer_base()):  # type: ignore[misc]
-    """Keys and values of one full-attention layer in preallocated buffers [B, H, cap, D].
+@functools.cache
+def _preallocated_layer() -> type:
+    """`PreallocatedLayer`, defined on first use: its base class is transformers'
+    `DynamicLayer`, and importing transformers is left to the first rollout."""
 
-    A `DynamicLayer` (attention sees exactly the tokens written so far: `keys` / `values` are
-    views of the filled part) that writes each new token in place instead of concatenating
-    it onto the whole cache. `cap` is prompt width + max_new_tokens, so writes never overflow.
-    """
+    class PreallocatedLayer(_layer_base()):  # type: ignore[misc]
+        """Keys and values of one full-attention layer in preallocated buffers [B, H, cap, D].
 
-    def __init__(self, buffers: KVBuffers, index: int, keys: Tensor, values: Tensor,
-                 capacity: int) -> None:
-        """`keys`/`values` [B, H, W, D]: the prefilled part (W tokens)."""
-        self._buffers, self._index, self._which = buffers, index, 0
-        shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
-        self._k = buffers.get(("k", index, 0), shape, keys)
-        self._v = buffers.get(("v", index, 0), shape, values)
-        self.length = keys.shape[2]
-        self._k[:, :, : self.length] = keys
-        self._v[:, :, : self.length] = values
-        self.is_initialized = True
-        self.device = keys.device
-        self._views()
+        A `DynamicLayer` (attention sees exactly the tokens written so far: `keys` / `values` are
+        views of the filled part) that writes each new token in place instead of concatenating
+        it onto the whole cache. `cap` is prompt width + max_new_tokens, so writes never overflow.
+        """
 
-    def _views(self) -> None:
-        self.keys = self._k[:, :, : self.length]
-        self.values = self._v[:, :, : self.length]
+        def __init__(self, buffers: KVBuffers, index: int, keys: Tensor, values: Tensor,
+                     capacity: int) -> None:
+            """`keys`/`values` [B, H, W, D]: the prefilled part (W tokens)."""
+            self._buffers, self._index, self._which = buffers, index, 0
+            shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
+            self._k = buffers.get(("k", index, 0), shape, keys)
+            self._v = buffers.get(("v", index, 0), shape, values)
+            self.length = keys.shape[2]
+            self._k[:, :, : self.length] = keys
+            self._v[:, :, : self.length] = values
+            self.is_initialized = True
+            self.device = keys.device
+            self._views()
 
-    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-        pass  # built initialised
+        def _views(self) -> None:
+            self.keys = self._k[:, :, : self.length]
+            self.values = self._v[:, :, : self.length]
 
-    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
-               ) -> tuple[Tensor, Tensor]:
-        end = self.length + key_states.shape[-2]
-        if end > self._k.shape[2]:  # pragma: no cover - capacity covers max_new_tokens
-            raise RuntimeError(f"lean sampler: KV cache overflow ({end} > {self._k.shape[2]})")
-        self._k[:, :, self.length:end] = key_states
-        self._v[:, :, self.length:end] = value_states
-        self.length = end
-        self._views()
-        return self.keys, self.values
+        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+            pass  # built initialised
 
-    def get_mask_sizes(self, query_length: int, *args: Any) -> tuple[int, int]:
-        return self.length + query_length, 0
+        def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+                   ) -> tuple[Tensor, Tensor]:
+            end = self.length + key_states.shape[-2]
+            if end > self._k.shape[2]:  # pragma: no cover - capacity covers max_new_tokens
+                raise RuntimeError(f"lean sampler: KV cache overflow ({end} > {self._k.shape[2]})")
+            self._k[:, :, self.length:end] = key_states
+            self._v[:, :, self.length:end] = value_states
+            self.length = end
+            self._views()
+            return self.keys, self.values
 
-    def get_seq_length(self) -> int:
-        return self.length
+        def get_mask_sizes(self, query_length: int, *args: Any) -> tuple[int, int]:
+            return self.length + query_length, 0
 
-    def get_max_length(self) -> int:
-        return -1
+        def get_seq_length(self) -> int:
+            return self.length
 
-    def batch_select_indices(self, indices: Tensor) -> None:
-        """Keep only the rows `indices` (ascending), copied into the other buffer."""
-        other = 1 - self._which
-        for kind in ("k", "v"):
-            src = getattr(self, f"_{kind}")
-            dst = self._buffers.get((kind, self._index, other),
-                                    (len(indices), *src.shape[1:]), src)
-            torch.index_select(src, 0, indices, out=dst)
-            setattr(self, f"_{kind}", dst)
-        self._which = other
-        self._views()
+        def get_max_length(self) -> int:
+            return -1
+
+        def batch_select_indices(self, indices: Tensor) -> None:
+            """Keep only the rows `indices` (ascending), copied into the other buffer."""
+            other = 1 - self._which
+            for kind in ("k", "v"):
+                src = getattr(self, f"_{kind}")
+                dst = self._buffers.get((kind, self._index, other),
+                                        (len(indices), *src.shape[1:]), src)
+                torch.index_select(src, 0, indices, out=dst)
+                setattr(self, f"_{kind}", dst)
+            self._which = other
+            self._views()
+
+    return PreallocatedLayer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PreallocatedLayer":
+        return _preallocated_layer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _forward_kwargs(model: Any) -> dict[str, str | None]:
@@ -266,7 +283,7 @@ class LeanBackend:
         for i in range(len(first.layers)):
             k = torch.cat([c.layers[i].keys for _, c in parts]).repeat_interleave(n, dim=0)
             v = torch.cat([c.layers[i].values for _, c in parts]).repeat_interleave(n, dim=0)
-            layers.append(PreallocatedLayer(self._buffers, i, k, v, capacity))
+            layers.append(_preallocated_layer()(self._buffers, i, k, v, capacity))
         cache = first
         cache.layers = layers
         logits = torch.cat([lg for lg, _ in parts]).repeat_interleave(n, dim=0)

@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import torch
-
+from harness.lazy import lazy_module
 from harness.policy.backends import ROLLOUT_BACKENDS, Warn
 
 if TYPE_CHECKING:
     from harness.policy.loading import Policy
+
+torch = lazy_module("torch")  # imported on first use: reading a spec needs none
 
 
 @dataclass

@@ -31,14 +31,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
-
-from harness.policy.tokenizer import build_char_tokenizer
+from harness.lazy import lazy_module
 from harness.spec.schema import TinyRecipe
 from harness.tasks.synthetic import FAMILY_VERSION, warm_start_tasks
+
+if TYPE_CHECKING:
+    from transformers import Qwen2Config
+
+torch = lazy_module("torch")  # imported on first use: reading a spec needs none
 
 # Bump when anything here changes the weights a recipe produces (the cache key includes it).
 # 3: warm_defect (defective warm-start solutions).
@@ -126,6 +128,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 # --------------------------------------------------------------------------- the build
 def tiny_config(recipe: TinyRecipe, vocab_size: int, pad_id: int, bos_id: int, eos_id: int
                 ) -> Qwen2Config:
+    from transformers import Qwen2Config
+
     return Qwen2Config(
         vocab_size=vocab_size, hidden_size=recipe.hidden_size,
         intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
@@ -199,6 +203,8 @@ def _train(recipe: TinyRecipe, tokenizer: Any, progress: Progress | None = None,
     loss_value = float("nan")
     with _build_threads(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.warm_seed)
+        from transformers import Qwen2ForCausalLM
+
         model = Qwen2ForCausalLM(config)
         model.train()
         gen = torch.Generator().manual_seed(recipe.warm_seed)
@@ -227,6 +233,8 @@ def _train(recipe: TinyRecipe, tokenizer: Any, progress: Progress | None = None,
 
 def _build(recipe: TinyRecipe, out: Path, progress: Progress | None) -> None:
     t0 = time.perf_counter()
+    from harness.policy.tokenizer import build_char_tokenizer
+
     tokenizer = build_char_tokenizer()
     model, loss_value = _train(recipe, tokenizer, progress)
     model.eval()

@@ -37,14 +37,15 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from harness.errors import UserError
+from harness.lazy import lazy_module
 from harness.policy.backends import ROLLOUT_BACKENDS, Warn
 from harness.policy.rollout import HFGenerateBackend, RolloutBackend, Rollouts, encode_prompt
 
 if TYPE_CHECKING:
     from harness.policy.loading import Policy
+
+torch = lazy_module("torch")  # imported on first use: reading a spec needs none
 
 GPU_MEMORY_ENV = "HARNESS_VLLM_GPU_MEMORY"
 DEFAULT_GPU_MEMORY = 0.3

@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+import harness.spec.limits as limits
 from harness.errors import SpecError, SpecProblem
 from harness.registry import did_you_mean
-from harness.spec import limits
 from harness.spec.schema import Spec
 
 KeyPath = tuple[str | int, ...]
@@ -365,9 +365,16 @@ def validate_data(data: dict, where: Where, file: str,
 
 
 def reference_problems(spec: Spec) -> list[tuple[KeyPath, str]]:
-    """Cross-field checks: labels unique per axis, references to labels exist, grid not empty."""
+    """Cross-field checks: the grid within `limits.MAX_CELLS` (checked before anything is
+    expanded), labels unique per axis, references to labels exist, grid not empty."""
     from harness.spec.grid import expand_cells
 
+    sizes = (len(spec.models), len(spec.methods), len(spec.controllers), len(spec.seeds))
+    cells = sizes[0] * sizes[1] * sizes[2] * sizes[3]
+    if cells > limits.MAX_CELLS:
+        return [((), f"the grid has {cells:,} cells (models x methods x controllers x seeds = "
+                 f"{' x '.join(map(str, sizes))}); the limit is {limits.MAX_CELLS:,} "
+                 f"({limits.DOC}): split the spec, or use fewer seeds")]
     out: list[tuple[KeyPath, str]] = []
     axes = {
         "model": ("models", [m.name for m in spec.models]),

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.spec import limits
+import harness.spec.limits as limits
 from harness.spec.limits import DOC as _LIMITS
 
 # The built-in policies (everything else is a hub id or a local directory).
@@ -598,14 +598,3 @@ class Spec(_Strict):
         if dup:
             raise ValueError(f"duplicate seeds {dup}: each seed may appear once")
         return v
-
-    @model_validator(mode="after")
-    def _grid_within_limit(self) -> Spec:
-        axes = (len(self.models), len(self.methods), len(self.controllers), len(self.seeds))
-        cells = axes[0] * axes[1] * axes[2] * axes[3]
-        if cells > limits.MAX_CELLS:
-            raise ValueError(
-                f"the grid has {cells:,} cells (models x methods x controllers x seeds = "
-                f"{' x '.join(map(str, axes))}); the limit is {limits.MAX_CELLS:,} ({_LIMITS}): split "
-                "the spec, or use fewer seeds")
-        return self
