@@ -280,11 +280,12 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Interface to bind (local only by "
                                       "default).")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI on a run's store (`mlflow server`, until Ctrl-C) and print its URL."""
-    import os
+    """Start the MLflow UI on a run's store (`mlflow server`, until Ctrl-C) and print the URL
+    of its runs table: one row per cell with its controller, seed and end-of-chain metrics.
+    A moved or unzipped run directory's store is re-pointed at its own artifacts first."""
     import socket
 
-    from harness.tracking import resolve_run_dir, ui_command
+    from harness.tracking import resolve_run_dir, serve_ui, ui_command
 
     run_dir = resolve_run_dir(run)
     cmd, url = ui_command(run_dir, host, port)
@@ -297,7 +298,9 @@ def ui(
     out.print(f"MLflow UI for {run_dir}: {url}  (Ctrl-C stops it)", markup=False,
               highlight=False)
     sys.stdout.flush()
-    os.execv(cmd[0], cmd)
+    rc = serve_ui(cmd)
+    if rc:
+        raise typer.Exit(rc)
 
 
 # --------------------------------------------------------------------------- statistics

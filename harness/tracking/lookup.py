@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import urllib.parse
@@ -111,8 +112,79 @@ def seed_store(dest: Path, artifact_root: str) -> None:
     os.replace(tmp, dest)
 
 
+# MLflow 3 opens an experiment without this tag on its GenAI overview (traces, an assistant);
+# a training experiment opens on its runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's "share view" state, one tag per view
+VIEW_KEY = "harness-cells"
+VIEW_COLUMNS = ("tags.`controller`", "tags.`seed`", "tags.`method`", "tags.`model`",
+                "metrics.`end_of_chain_pass1_test`", "metrics.`end_of_chain_pass1_eval`",
+                "metrics.`mean_peak`", "metrics.`mean_gap`", "metrics.`collapsed_campaigns`",
+                "metrics.`eval_pass1`")
+
+
+def cells_view() -> str:
+    """The runs view `harness ui` opens (MLflow's shared view state, JSON): the cell runs only
+    (the parent run filtered out, so the cells are not folded under it), sorted by
+    controller, with their controller, seed, method and model tags and end-of-chain metrics
+    as columns."""
+    return json.dumps({"searchFilter": "tags.cell_id LIKE '%'",
+                       "orderByKey": "tags.`controller`", "orderByAsc": True,
+                       "selectedColumns": list(VIEW_COLUMNS), "runsHiddenMode": "SHOW_ALL"},
+                      separators=(",", ":"))
+
+
+def experiment_tags() -> dict[str, str]:
+    """The tags the tracker puts on every experiment it creates: a training experiment, with
+    the cells view."""
+    return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], VIEW_TAG_PREFIX + VIEW_KEY: cells_view()}
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    """The URL of the cells view of an experiment on an MLflow UI at `base`."""
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}&compareRunsMode=TABLE")
+
+
+def prepare_embedded_store(run_dir: Path, experiment: str | None) -> str | None:
+    """Make a run directory's embedded store open well wherever the directory now is: point
+    its artifact locations (absolute paths of the machine that wrote them) at this copy's
+    mlartifacts/, and give the experiment the training kind and the cells view. Returns the
+    experiment's id (None when the store has no such experiment). Plain SQL on MLflow's
+    schema (experiments, runs, experiment_tags): no MLflow import, and the same for every
+    store this harness wrote."""
+    import sqlite3
+
+    here = (run_dir.resolve() / ARTIFACTS_DIR).as_uri()
+    con = sqlite3.connect(run_dir / STORE_FILE)
+    try:
+        with con:
+            rows = con.execute("SELECT experiment_id, name, artifact_location FROM "
+                               "experiments").fetchall()
+            exp = next((r for r in rows if r[1] == experiment), None) or \
+                next((r for r in rows if str(r[0]) != "0"), None)
+            for _, _, loc in rows:
+                if loc and loc != here and loc.rstrip("/").endswith("/" + ARTIFACTS_DIR):
+                    old = loc.rstrip("/")
+                    con.execute("UPDATE experiments SET artifact_location = ? WHERE "
+                                "artifact_location = ?", (here, loc))
+                    con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                                "WHERE substr(artifact_uri, 1, ?) = ?",
+                                (here, len(old) + 1, len(old), old))
+            if exp is None:
+                return None
+            for key, value in experiment_tags().items():
+                con.execute("INSERT OR REPLACE INTO experiment_tags (key, value, experiment_id)"
+                            " VALUES (?, ?, ?)", (key, value, exp[0]))
+            return str(exp[0])
+    finally:
+        con.close()
+
+
 def ui_command(run_dir: Path, host: str, port: int) -> tuple[list[str], str]:
-    """The `mlflow server` command line for a run directory's store, and its URL."""
+    """The `mlflow server` command line for a run directory's store, and the URL of its
+    cells view. An embedded store is prepared first (`prepare_embedded_store`: relocated
+    artifacts, the training kind, the view)."""
     state = _read_json(run_dir / STATE_FILE)
     uri = embedded_uri(run_dir) if state.get("store", "embedded") == "embedded" \
         else state.get("tracking_uri") or embedded_uri(run_dir)
@@ -123,9 +195,48 @@ def ui_command(run_dir: Path, host: str, port: int) -> tuple[list[str], str]:
         raise UserError(f"{run_dir} has no MLflow store ({STORE_FILE}); run `harness sync "
                         f"{run_dir}` to create it from the traces")
     url = f"http://{host}:{port}"
-    if state.get("experiment_id"):
-        url += f"/#/experiments/{state['experiment_id']}"
+    exp_id = state.get("experiment_id")
+    if uri == embedded_uri(run_dir):
+        try:
+            exp_id = prepare_embedded_store(run_dir, state.get("experiment")) or exp_id
+        except Exception as e:  # sqlite3.Error, OSError: a read-only copy still opens
+            print(f"warning: could not prepare {run_dir / STORE_FILE} for the UI ({e}); "
+                  "artifacts may not show", file=sys.stderr)
+    if exp_id:
+        url = view_url(url, str(exp_id))
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--registry-store-uri", uri,
            "--artifacts-destination", str(run_dir.resolve() / ARTIFACTS_DIR),
-           "--host", host, "--port", str(port), "--workers", "1"]
+           "--host", host, "--port", str(port), "--workers", "1",
+           "--uvicorn-opts", "--log-level warning"]
     return cmd, url
+
+
+# what `mlflow server` prints at every start that is not the user's business
+UI_NOISE = re.compile(r"^(Registry store URI not provided|\[MLflow\] Security middleware "
+                      r"enabled|.*\bINFO\b|.*DeprecationWarning|\s+from starlette)")
+
+
+def serve_ui(cmd: list[str]) -> int:
+    """Run `mlflow server` until it ends (Ctrl-C), passing on its output except the start-up
+    noise (UI_NOISE; MLflow's INFO lines and Python's deprecation warnings are also turned
+    off at the source); its exit code, 0 after Ctrl-C."""
+    import subprocess
+
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING",
+           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if not UI_NOISE.match(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        return proc.wait()
+    except KeyboardInterrupt:  # the server got the same SIGINT (one process group)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 0

@@ -33,6 +33,7 @@ from harness.tracking.lookup import (
     _read_json,
     embedded_uri,
     experiment_name,
+    experiment_tags,
     seed_store,
     tracking_uri,
 )
@@ -332,11 +333,16 @@ class Tracker(CellSync):
             try:
                 return c.create_experiment(self._exp_name, artifact_location=location,
                                            tags={"spec": str(spec.get("name")),
-                                                 "version": str(spec.get("version"))})
+                                                 "version": str(spec.get("version")),
+                                                 **experiment_tags()})
             except Exception as ex:
                 if getattr(ex, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                     raise
                 e = c.get_experiment_by_name(self._exp_name)  # another process created it
+        have = e.tags or {}
+        for key, value in experiment_tags().items():  # an experiment an older harness made
+            if have.get(key) != value:
+                c.set_experiment_tag(e.experiment_id, key, value)
         if e.lifecycle_stage == "deleted":
             c.restore_experiment(e.experiment_id)
             self._warn("restored", f"MLflow experiment {self._exp_name} was deleted in "
