@@ -211,7 +211,11 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
                         failures[cid] = why.removeprefix(f"cell {cid}: ")
                         prog.update(bars[cid], description=f"{cid}  [red]failed[/]")
 
-            run(todo, jobs, on_event, options)
+            try:
+                run(todo, jobs, on_event, options)
+            except KeyboardInterrupt:  # the MLflow runs end KILLED, not RUNNING
+                tracker.close(timeout=15, interrupted=True)
+                raise
     results = collect_results(spec, run_dir, cells, failures)
     tracking = tracker.close()
     if tracking.ok:

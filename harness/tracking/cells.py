@@ -78,6 +78,7 @@ class CellSync:
     _cells: dict[str, _Cell]
     _call: Callable[..., Any]
     _warn: Callable[[str, str], None]
+    interrupted: bool  # Ctrl-C: an unfinished cell ends KILLED whatever its exit code
 
     def _history(self, cell: _Cell, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
         return {k: [(m.step, m.value) for m in
@@ -253,7 +254,7 @@ class CellSync:
                 "checkpoints/missing.json")
         finished = any(r.get("type") == "final" for r in records)
         status = "FINISHED" if finished and not cell.exit_rc else \
-            "FAILED" if cell.exit_rc else "KILLED"
+            "FAILED" if cell.exit_rc and not self.interrupted else "KILLED"
         # the history now holds every point of the trace (whatever failed before)
         self._call(c.set_tag, cell.run_id, SYNCED_TAG, digest)
         self._call(c.set_terminated, cell.run_id, status=status)

@@ -78,6 +78,7 @@ class TrackingSummary:
 
 
 _STOP = object()
+_INTERRUPT = object()
 
 
 class Tracker(CellSync):
@@ -110,6 +111,7 @@ class Tracker(CellSync):
         self._lock_file: Any = None
         self._deadline: float | None = None
         self._gave_up = False
+        self.interrupted = False
         self._warned: set[str] = set()
         self._cells: dict[str, _Cell] = {}
         self._client: Any = None
@@ -175,9 +177,14 @@ class Tracker(CellSync):
         self._q.put(done)
         return done.wait(timeout)
 
-    def close(self, timeout: float = 60.0) -> TrackingSummary:
+    def close(self, timeout: float = 60.0, *, interrupted: bool = False) -> TrackingSummary:
         """Log what is queued, reconcile every cell that ran, finish the parent run; give up
-        on a failing store after `timeout` seconds (the traces keep everything)."""
+        on a failing store after `timeout` seconds (the traces keep everything).
+        `interrupted` (Ctrl-C): every cell that started and did not finish its chain, and the
+        parent run, end KILLED (not RUNNING, not FAILED by the signal's exit code)."""
+        if interrupted:
+            self.interrupted = True
+            self._q.put(_INTERRUPT)
         if self._thread is not None:
             self._deadline = time.monotonic() + timeout
             self._q.put(_STOP)
@@ -220,6 +227,10 @@ class Tracker(CellSync):
                 for it in items:
                     if it is _STOP:
                         stop = True
+                    elif it is _INTERRUPT:
+                        for cell in self._cells.values():
+                            if cell.run_id and (cell.records or cell.exit_rc is not None):
+                                cell.reconcile = True
                     elif isinstance(it, threading.Event):
                         waiters.append(it)
                     elif connected:
@@ -433,7 +444,7 @@ class Tracker(CellSync):
         cells = self._cells.values()
         finals = [any(r.get("type") == "final" for r in cl.records) for cl in cells]
         status = "FINISHED" if all(finals) else \
-            "FAILED" if any(cl.exit_rc for cl in cells) else "KILLED"
+            "FAILED" if any(cl.exit_rc for cl in cells) and not self.interrupted else "KILLED"
         self._call(c.set_tag, pid, "cells_finished", f"{sum(finals)}/{len(finals)}")
         self._call(c.set_terminated, pid, status=status)
 
