@@ -11,9 +11,9 @@ port="${3:-5077}"
 browser="$(command -v chromium || command -v chromium-browser || command -v google-chrome)" || {
   echo "error: no Chromium here (apt-get install chromium)" >&2; exit 2; }
 log="$(mktemp)"
-harness ui "$run" --port "$port" >"$log" 2>&1 &
-ui=$!
-trap 'kill "$ui" 2>/dev/null; rm -f "$log"' EXIT
+setsid harness ui "$run" --port "$port" >"$log" 2>&1 &  # its own process group: Ctrl-C
+ui=$!                                                    # below stops the server with it
+trap 'kill -INT -- -"$ui" 2>/dev/null; wait "$ui" 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
 url="$(grep -o 'http://[^ ]*' "$log" | head -1)"
 opts=(--headless --no-sandbox --disable-gpu --window-size=1900,900 --virtual-time-budget=20000)
