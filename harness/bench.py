@@ -64,6 +64,38 @@ def record_executor(run_dir: Path, info: dict[str, Any]) -> None:
     write_json(path, {**env, "executor": info})
 
 
+class Interrupted(UserError):
+    """Ctrl-C (SIGINT) stopped `harness bench`: what was running, where the run is kept; the
+    command line prints it with the command that resumes the run."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: Path | None, running: dict[str, int], campaigns: int) -> None:
+        self.run_dir, self.running, self.campaigns = run_dir, running, campaigns
+        cells = ", ".join(f"cell {cid} " + (f"in campaign {k + 1} of {campaigns}" if k < campaigns
+                                            else "in its final test evaluation")
+                          for cid, k in running.items())
+        super().__init__(f"interrupted {cells or 'before any cell started'}"
+                         + (f"; {run_dir} keeps every finished campaign" if run_dir else ""))
+
+    @classmethod
+    def with_resume(cls, e: Interrupted, command: str) -> Interrupted:
+        """`e` ending with the command that resumes the run."""
+        out = cls(e.run_dir, e.running, e.campaigns)
+        out.args = (f"{e}; resume with: {command}",)
+        return out
+
+
+def finished_campaigns(cell_dir: Path) -> int:
+    """Campaigns of a cell's trace that finished (a resumed cell starts after them)."""
+    from harness.runner.trace import read_trace
+
+    path = cell_dir / "trace.jsonl"
+    if not path.exists():
+        return 0
+    return sum(1 for r in read_trace(path) if r.get("type") == "campaign")
+
+
 def cell_finished(cell_dir: Path) -> bool:
     try:
         res = json.loads((cell_dir / "result.json").read_text())
@@ -159,12 +191,26 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
     """Run every unfinished cell of `spec` with `executor` (`harness.executors`); return
     (run_dir, results). Everything is logged to MLflow as it runs (`harness.tracking`;
     `log_checkpoints`: its checkpoint policy)."""
-    from harness.executors import ExecutorOptions, describe, get_executor
-    from harness.tracking import Tracker
+    from harness.executors import get_executor
 
     run = get_executor(executor)
+    running: dict[str, int] = {}  # cell id -> its finished campaigns (Ctrl-C says which)
+    run_dir: Path | None = None
+    try:
+        run_dir, cells = prepare_run_dir(spec, out)
+        return _bench(spec, run_dir, cells, jobs, console, log_checkpoints, run, executor,
+                      executor_options, running)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir, running, spec.chain.campaigns) from None
 
-    run_dir, cells = prepare_run_dir(spec, out)
+
+def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Console,
+           log_checkpoints: str, run: Any, executor: str,
+           executor_options: dict[str, Any] | None, running: dict[str, int]
+           ) -> tuple[Path, dict]:
+    from harness.executors import ExecutorOptions, describe
+    from harness.tracking import Tracker
+
     options = ExecutorOptions(run_dir=run_dir, gpus_per_cell=spec.resources.gpus_per_cell,
                               cpus_per_cell=spec.resources.cpus_per_cell,
                               **(executor_options or {}))
@@ -173,6 +219,17 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
             if not cell_finished(run_dir / "cells" / c.cell_id)}
     console.print(f"run directory: {run_dir}  ({len(cells) - len(todo)} of {len(cells)} cells "
                   "already finished)", markup=False, highlight=False)
+    resumed: dict[str, int] = {}
+    for cid, cell_dir in todo.items():
+        if done := finished_campaigns(cell_dir):
+            resumed[cid] = done
+            where = (f"from campaign {done + 1} of {spec.chain.campaigns}"
+                     if done < spec.chain.campaigns else "at its final test evaluation")
+            console.print(f"resuming cell {cid} {where} ({done} campaigns finished before)",
+                          markup=False, highlight=False)
+    # A terminal gets progress bars; a log (CI, `> log.txt`) a plain line per finished
+    # campaign and per finished cell.
+    plain = not console.is_terminal
     tracker = Tracker(run_dir, running=todo, checkpoints=log_checkpoints,
                       warn=lambda m: console.print(m, markup=False, highlight=False))
     tracker.start()  # the store opens in the background while policies build and cells run
@@ -181,15 +238,28 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
     if todo:
         jobs = max(1, min(jobs, len(todo)))
         steps_total = spec.chain.campaigns * (spec.chain.steps + 1)
+        cells_done = len(cells) - len(todo)
+        # campaigns already said, per cell (a resumed cell's earlier ones among them)
+        said: dict[str, set[int]] = {cid: set(range(n)) for cid, n in resumed.items()}
+
+        def say(line: str) -> None:
+            console.print(line, markup=False, highlight=False)
+            console.file.flush()
+
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as prog:
+                      TimeElapsedColumn(), console=console, transient=False,
+                      disable=plain) as prog:
             overall = prog.add_task(f"cells of {spec.name}", total=len(cells),
                                     completed=len(cells) - len(todo))
             bars: dict[str, Any] = {}
 
             def on_event(cid: str, ev: dict[str, Any]) -> None:
                 tracker.on_event(cid, ev)
+                nonlocal cells_done
                 if ev["event"] == "start":  # also when a resumed cell rewrites its trace
+                    said.setdefault(cid, set()).update(
+                        r["index"] for r in ev["records"] if r["type"] == "campaign")
+                    running[cid] = len(said[cid])
                     done = sum(1 for r in ev["records"] if r["type"] == "step")
                     if cid in bars:
                         prog.update(bars[cid], completed=done)
@@ -201,15 +271,28 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
                         prog.update(bars[cid], advance=1, description=(
                             f"{cid}  c{r['campaign']} s{r['step']}  "
                             f"pass@1 {r['eval_pass1']:.3f}"))
+                    elif r["type"] == "campaign":
+                        running[cid] = r["index"] + 1
+                        if plain and r["index"] not in said.setdefault(cid, set()):
+                            said[cid].add(r["index"])
+                            say(f"cell {cid}: campaign {r['index'] + 1} of "
+                                f"{spec.chain.campaigns} finished ({r['steps_run']} steps; eval "
+                                f"pass@1 start {r['start']:.3f}, peak {r['peak']:.3f}, end "
+                                f"{r['end']:.3f})")
                     elif r["type"] == "final":
                         prog.update(bars[cid], completed=steps_total, description=(
                             f"{cid}  test pass@1 {r['pass1_test']:.3f}"))
                 elif ev["event"] == "exit":
+                    running.pop(cid, None)
+                    cells_done += 1
                     prog.update(overall, advance=1)
                     if ev["returncode"]:
                         why = ev["error"]
                         failures[cid] = why.removeprefix(f"cell {cid}: ")
                         prog.update(bars[cid], description=f"{cid}  [red]failed[/]")
+                    if plain:
+                        say(f"cell {cid}: {'failed' if ev['returncode'] else 'finished'} "
+                            f"({cells_done} of {len(cells)} cells done)")
 
             try:
                 run(todo, jobs, on_event, options)

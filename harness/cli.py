@@ -216,9 +216,12 @@ def bench(
     """Run every cell of a spec and print the summary table.
 
     Re-running the same command skips finished cells and resumes interrupted ones from their
-    last finished campaign. Exit 1 if any cell failed (the others still finish). Everything
+    last finished campaign; Ctrl-C stops it (exit 130) with one line naming the command that
+    resumes it. Progress: bars on a terminal, else (CI logs, a file) one line per finished
+    campaign and per finished cell. Exit 1 if any cell failed (the others still finish). Everything
     is logged to MLflow ($MLFLOW_TRACKING_URI, else <run dir>/mlflow.db; `harness ui`).
     """
+    from harness.bench import Interrupted
     from harness.bench import bench as run_bench
     from harness.executors import settings_from_command_line
     from harness.spec import load_spec
@@ -227,8 +230,20 @@ def bench(
         "--address": ("address", address), "--trainer-image": ("trainer_image", trainer_image),
         "--grader-image": ("grader_image", grader_image)})
     s, _ = load_spec(spec)
-    _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints,
-                           executor=executor, executor_options={"settings": settings})
+    try:
+        _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints,
+                               executor=executor, executor_options={"settings": settings})
+    except Interrupted as e:  # one line: what stopped, and the command that resumes it
+        import shlex
+
+        again = ["harness", "bench", spec, *(["--out", str(e.run_dir)] if e.run_dir else []),
+                 *(["-j", str(jobs)] if jobs != 1 else []),
+                 *(["--log-checkpoints", log_checkpoints] if log_checkpoints != "carried"
+                   else []), *(["--executor", executor] if executor != "local" else []),
+                 *(x for k, v in (("--address", address), ("--trainer-image", trainer_image),
+                                  ("--grader-image", grader_image)) if v for x in (k, v)),
+                 *(x for o in executor_option or [] for x in ("--executor-option", o))]
+        raise Interrupted.with_resume(e, shlex.join(again)) from None
     if any(c["status"] != "finished" for c in results["cells"]):
         raise typer.Exit(1)
 
@@ -529,8 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in e.problems:
             err.print(f"error: {p}", markup=False, highlight=False)
         rc = e.exit_code
-    except UserError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+    except UserError as e:  # Ctrl-C (exit 130) is said in the command's own words
+        err.print(str(e) if e.exit_code == 130 else f"error: {e}", markup=False,
+                  highlight=False)
         rc = e.exit_code
     except _NO_ARGS_HELP as e:
         e.show()

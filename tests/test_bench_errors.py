@@ -4,6 +4,7 @@ lost."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,52 @@ def test_read_only_out_directory_is_one_line(tmp_path: Path) -> None:
         assert "choose a writable directory with --out" in line
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+CHAIN_SPEC = SPEC.format(model="tiny").replace("campaigns: 1, steps: 1", "campaigns: 3, steps: 3")
+
+
+def test_ctrl_c_says_what_stopped_and_how_to_resume(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (what Ctrl-C does) once the first campaign is done:
+    exit 130 and one line naming the cell, its campaign and the command that resumes it; that
+    command resumes the cell from campaign 2. stdout is a pipe, so progress comes as plain
+    lines, one per finished campaign and per finished cell."""
+    import os
+    import signal
+    import time
+
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC.replace("broken-model", "chain"))
+    out = tmp_path / "run"
+    env = {**os.environ, "HARNESS_MLFLOW": "off"}
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.stdout is not None
+    lines, t0 = [], time.monotonic()
+    for line in p.stdout:
+        lines.append(line)
+        if ": campaign 1 of 3 finished" in line:
+            os.killpg(p.pid, signal.SIGINT)
+            break
+        assert time.monotonic() - t0 < 600, "".join(lines)
+    rest, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err + rest
+    (cell,) = (out / "cells").iterdir()
+    (line,) = err.strip().splitlines()
+    m = re.fullmatch(rf"interrupted cell {cell.name} in campaign ([23]) of 3; {out} keeps every "
+                     rf"finished campaign; resume with: harness bench {spec} --out {out}", line)
+    assert m, line  # the cell runs on while the signal travels: campaign 2 or 3
+    k = int(m.group(1))
+
+    r = _harness("bench", str(spec), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    said = r.stdout.splitlines()
+    assert (f"resuming cell {cell.name} from campaign {k} of 3 ({k - 1} campaigns finished "
+            "before)") in said, r.stdout
+    campaigns = [ln for ln in said if ln.startswith(f"cell {cell.name}: campaign ")]
+    assert [ln.split(": campaign ")[1][:6] for ln in campaigns] == [
+        f"{i} of 3" for i in range(k, 4)]
+    assert f"cell {cell.name}: finished (1 of 1 cells done)" in said
