@@ -32,7 +32,7 @@ from harness.executors import (
     get_executor,
 )
 from harness.methods import METHODS, POLICY_LOSSES, Method, MethodParams, backward_loss
-from harness.methods.losses import pg_per_token
+from harness.methods.losses import PolicyInputs, PolicyLoss, PolicyTerms, pg_per_token
 from harness.registry import Registry, first_sentence
 from harness.spec import expand_cells, load_spec
 from harness.spec.schema import MethodSpec, TasksSpec
@@ -51,9 +51,9 @@ def scaled_reward(rewards: torch.Tensor, spec: MethodSpec) -> torch.Tensor:
     return rewards.float() * spec.params["scale"]
 
 
-def doubled_pg(logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+def doubled_pg(inp: PolicyInputs, params: dict[str, Any]) -> PolicyTerms:
     """Toy: twice the reinforce term."""
-    return 2 * pg_per_token(logp, advantages)
+    return PolicyTerms(2 * pg_per_token(inp.logp, inp.advantages, inp.old_logp))
 
 
 class FixedParams(ControllerParams):
@@ -109,7 +109,7 @@ class MarkExecutor(Executor):
 
 TOYS: list[tuple[Registry[Any], str, Any]] = [
     (METHODS, "toy_method", Method(scaled_reward, ScaleParams, description="toy: scale x reward")),
-    (POLICY_LOSSES, "toy_loss", doubled_pg),
+    (POLICY_LOSSES, "toy_loss", PolicyLoss(doubled_pg, description="Toy: twice the reinforce term.")),
     (CONTROLLERS, "toy_ctl", FixedBudget),
     (TASK_SOURCES, "toy_src", EchoSource()),
     (EXECUTORS, "toy_exec", MarkExecutor()),
@@ -182,7 +182,7 @@ def test_spec_schema_and_components_list_the_registered_names(
     assert "toy_src" in defs["TasksSpec"]["properties"]["source"]["enum"]
     assert defs["RolloutSpec"]["properties"]["backend"]["enum"] == ["hf", "lean", "vllm"]
     assert defs["MethodSpec"]["properties"]["loss_agg"]["enum"] == [
-        "seq_mean", "seq_sum", "token_mean"]
+        "seq_mean", "seq_sum", "token_mean", "token_sum_norm"]
     assert defs["KLConfig"]["properties"]["estimator"]["enum"] == ["k1", "k3"]
 
     assert main(["components", "--json"]) == 0

@@ -75,8 +75,8 @@ REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
 
 
 # --------------------------------------------------------------------------- advantages
-def test_registry_lists_the_three_methods_and_the_spec_accepts_them():
-    assert METHODS.names() == ["grpo", "reinforce", "rloo"]
+def test_registry_lists_the_methods_and_the_spec_accepts_them():
+    assert METHODS.names() == ["dapo", "dr_grpo", "grpo", "gspo", "reinforce", "rloo"]
     for name in METHODS:
         assert MethodSpec(name=name).name == name
     with pytest.raises(ValueError, match="unknown method"):
@@ -120,7 +120,9 @@ def test_aggregation_modes_give_their_documented_values():
     assert aggregate(per_token, mask, "token_mean").item() == pytest.approx((1 + 2 + 3 + 4) / 4)
     assert aggregate(per_token, mask, "seq_mean").item() == pytest.approx((2.0 + 4.0) / 2)
     assert aggregate(per_token, mask, "seq_sum").item() == pytest.approx((6.0 + 4.0) / 2)
-    assert set(AGGREGATIONS.names()) == {"token_mean", "seq_mean", "seq_sum"}
+    assert aggregate(per_token, mask, "token_sum_norm", 8).item() == pytest.approx(
+        (1 + 2 + 3 + 4) / (2 * 8))
+    assert set(AGGREGATIONS.names()) == {"token_mean", "seq_mean", "seq_sum", "token_sum_norm"}
 
 
 def test_seq_sum_is_the_classic_reinforce_estimator():
@@ -445,7 +447,7 @@ def test_aggregation_weights_reproduce_the_aggregate(loss_agg, batch):
 def test_a_non_linear_aggregation_cannot_be_split(batch):
     from harness.errors import UserError
 
-    AGGREGATIONS.add("rms_test", lambda x, m: ((x * m) ** 2).sum().sqrt())
+    AGGREGATIONS.add("rms_test", lambda x, m, _max=0: ((x * m) ** 2).sum().sqrt())
     try:
         with pytest.raises(UserError, match=r"'rms_test' is not linear.*micro_batch_size: null"):
             aggregation_weights(batch["completion_mask"][:, 1:], "rms_test")

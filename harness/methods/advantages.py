@@ -11,8 +11,8 @@ ordered). The trainer looks a method up by name and never branches on it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,9 @@ class Method:
     Params: type[MethodParams] = MethodParams
     masked: MaskedFn | None = None
     description: str = ""
+    # defaults for the other fields of `MethodSpec` (policy_loss, loss_agg, ...): a method
+    # that is a recipe (dapo) brings them; a field the spec sets wins
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, rewards: Tensor, spec: MethodSpec) -> Tensor:
         return self.advantages(rewards, spec)
@@ -58,12 +61,15 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def method(name: str, params: type[MethodParams] = MethodParams, *,
-           masked: MaskedFn | None = None) -> Callable[[AdvantageFn], AdvantageFn]:
+           masked: MaskedFn | None = None, defaults: dict[str, Any] | None = None
+           ) -> Callable[[AdvantageFn], AdvantageFn]:
     """Decorator: register an advantage estimator as method `name` with its `Params` model
-    (description: the first sentence of its docstring). Returns the function unchanged."""
+    (description: the first sentence of its docstring) and its defaults for the spec's other
+    method fields. Returns the function unchanged."""
 
     def deco(fn: AdvantageFn) -> AdvantageFn:
-        METHODS.add(name, Method(fn, params, masked, first_sentence(fn.__doc__)))
+        METHODS.add(name, Method(fn, params, masked, first_sentence(fn.__doc__),
+                                 dict(defaults or {})))
         return fn
 
     return deco
@@ -166,3 +172,47 @@ def rloo(rewards: Tensor, spec: MethodSpec) -> Tensor:
         return torch.zeros_like(r)
     others_mean = (r.sum(dim=1, keepdim=True) - r) / (g - 1)
     return r - others_mean
+
+
+@method("dr_grpo", defaults={"policy_loss": "clip", "loss_agg": "token_sum_norm"})
+def dr_grpo(rewards: Tensor, spec: MethodSpec) -> Tensor:
+    """Dr. GRPO: r - group mean, with no division by the group's std (Liu et al. 2025,
+    "Understanding R1-Zero-Like Training", arXiv 2503.20783).
+
+    rewards: [P, G] -> advantages [P, G]. The std normalisation is what biases GRPO towards
+    questions that are too easy or too hard; the paper also drops the per-sequence length
+    normaliser, which is the `token_sum_norm` aggregation (sum over tokens / (N x
+    max_new_tokens)) this method defaults to, with the clipped loss (TRL `loss_type: dr_grpo`,
+    `scale_rewards: none`).
+    """
+    del spec
+    r = _check(rewards)
+    return r - r.mean(dim=1, keepdim=True)
+
+
+@method("dapo", GRPOParams, defaults={
+    "policy_loss": "clip", "policy_loss_params": {"eps_low": 0.2, "eps_high": 0.28},
+    "loss_agg": "token_mean", "dynamic_sampling": {"max_rounds": 3}})
+def dapo(rewards: Tensor, spec: MethodSpec) -> Tensor:
+    """DAPO: GRPO's group-normalised advantages with the paper's update (Yu et al. 2025,
+    arXiv 2503.14476).
+
+    rewards: [P, G] -> advantages [P, G], as `grpo`. The method's defaults are the rest of
+    DAPO: the clipped loss with clip-higher (eps_low 0.2, eps_high 0.28), token-level
+    normalisation (`token_mean`), and dynamic sampling (groups whose rewards are all equal
+    are dropped and more prompts are sampled to refill the batch). The soft overlong penalty
+    is the `overlong` option (off unless set). TRL `loss_type: dapo`.
+    """
+    return grpo(rewards, spec)
+
+
+@method("gspo", GRPOParams, defaults={"policy_loss": "gspo", "loss_agg": "seq_mean"})
+def gspo(rewards: Tensor, spec: MethodSpec) -> Tensor:
+    """GSPO: GRPO's group-normalised advantages with a sequence-level importance ratio and
+    clipping (Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv 2507.18071).
+
+    rewards: [P, G] -> advantages [P, G], as `grpo`; the defaults are the `gspo` policy loss
+    (ratio exp(mean token log-ratio), clipped to [1 - 3e-4, 1 + 4e-4]) and `seq_mean`. TRL
+    `importance_sampling_level: sequence`.
+    """
+    return grpo(rewards, spec)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ Progress = Callable[[dict[str, Any]], None]
 STEP_FIELDS = ("train_reward", "entropy", "kl_to_ref", "grad_norm", "completion_len",
                "zero_var_groups", "loss", "pg_loss", "kl_penalty", "ewc_penalty", "adv_mean",
                "tokens_generated")
+# what a step record keeps only when the method produces it (clipping shares of the clipped
+# losses, entropy control, ProRL resets, dynamic sampling), so the records of methods
+# without these stay as they were
+OPTIONAL_STEP_FIELDS = ("clip_low_frac", "clip_high_frac", "cov_selected_frac",
+                        "entropy_bonus", "entropy_coef", "entropy_tokens_frac", "reset",
+                        "groups_kept", "sample_rounds")
 
 
 def warmed_lr(lr: float, step: int, warmup_steps: int) -> float:
@@ -201,7 +208,8 @@ class CellRunner:
         update = make_update(cfg.method, cfg.optim, self.model, plan.lr, regs,
                              temperature=temperature, ranks=self.ranks,
                              distributed=cfg.resources.distributed,
-                             n_seq=cfg.rollout.prompts_per_step * cfg.rollout.group_size)
+                             n_seq=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
+                             max_tokens=cfg.rollout.max_new_tokens)
 
         t0 = time.perf_counter()
         pass1, passes, t_eval = self.evaluate("eval")
@@ -216,12 +224,16 @@ class CellRunner:
         stopped = None
         for step in range(1, plan.budget + 1):
             ts = time.perf_counter()
-            rewards, rollouts, t_gen = self._rollouts(
-                self._prompts(k, step), derive_seed(cfg.seed, "train", k, step))
+            rewards, rollouts, t_gen = self._train_rollouts(k, step)
             tu = time.perf_counter()
             self.model.train()
             done = update.step(self._batch(rollouts), rewards,
-                               warmed_lr(plan.lr, step, cfg.optim.warmup_steps))
+                               warmed_lr(plan.lr, step, cfg.optim.warmup_steps),
+                               seed=derive_seed(cfg.seed, "update", k, step))
+            if "groups_kept" in t_gen:  # train reward: the pass rate of every sample drawn
+                done = replace(done, train_reward=t_gen["reward_all"])
+                done.metrics.update(groups_kept=t_gen["groups_kept"],
+                                    sample_rounds=t_gen["sample_rounds"])
             te = time.perf_counter()
             pass1, passes, t_eval = self.evaluate("eval")
             tend = time.perf_counter()
@@ -230,7 +242,8 @@ class CellRunner:
             timing = {"generate": t_gen["generate"], "grade": t_gen["grade"], "update": te - tu,
                       "eval": tend - te, "eval_grade": t_eval["grade"],
                       "model": t_gen["model"] + (te - tu) + t_eval["model"], "step": tend - ts}
-            grading = {"train_samples": len(rollouts), "train_graded": t_gen["graded"],
+            grading = {"train_samples": t_gen.get("samples", len(rollouts)),
+                       "train_graded": t_gen["graded"],
                        "eval_samples": self._eval_samples(), "eval_graded": t_eval["graded"]}
             records.append(self._record(k, step, global_step + step, pass1, passes, done,
                                         timing, grading,
@@ -255,6 +268,53 @@ class CellRunner:
                        summary.to_dict()})
         return global_step + summary.steps_run
 
+    def _train_rollouts(self, k: int, step: int) -> tuple[list[list[float]], Any,
+                                                           dict[str, Any]]:
+        """A step's train rollouts and rewards. With `method.dynamic_sampling` (DAPO), groups
+        whose rewards are all equal are dropped and up to `max_rounds` more rounds of prompts
+        are sampled to refill the batch; the kept groups (at most prompts_per_step, in the
+        order sampled) are trained on, while the verdict counts and `samples` cover every
+        sample drawn."""
+        cfg = self.cfg
+        rewards, rollouts, t = self._rollouts(self._prompts(k, step),
+                                              derive_seed(cfg.seed, "train", k, step))
+        ds = cfg.method.dynamic_sampling
+        if ds is None:
+            return rewards, rollouts, t
+        from harness.policy.rollout import Rollouts
+        from harness.runner.verdicts import add_counts
+
+        p, n = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+        kept: list[tuple[list[float], int, Any]] = []
+        total = dict(t, samples=len(rollouts))
+        drawn: list[float] = []
+
+        def keep(rs: list[list[float]], ro: Any) -> None:
+            drawn.extend(x for r in rs for x in r if not math.isnan(x))
+            for i, r in enumerate(rs):
+                vals = [x for x in r if not math.isnan(x)]
+                if len(kept) < p and len(set(vals)) > 1:
+                    kept.append((r, i, ro))
+
+        keep(rewards, rollouts)
+        rounds = 0
+        while len(kept) < p and rounds < ds.max_rounds:
+            rounds += 1
+            rs, ro, tr = self._rollouts(self._prompts(k, step, rounds),
+                                        derive_seed(cfg.seed, "train", k, step, rounds))
+            for key in ("generate", "grade", "model", "graded"):
+                total[key] += tr[key]
+            total["kinds"] = add_counts(total["kinds"], tr["kinds"])
+            total["samples"] += len(ro)
+            keep(rs, ro)
+        rows = [(ro, i * n + j) for _, i, ro in kept for j in range(n)]
+        out = Rollouts(texts=[ro.texts[x] for ro, x in rows],
+                       prompt_ids=[ro.prompt_ids[x] for ro, x in rows],
+                       completion_ids=[ro.completion_ids[x] for ro, x in rows], n=n)
+        total.update(groups_kept=len(kept), sample_rounds=rounds,
+                     reward_all=sum(drawn) / len(drawn) if drawn else math.nan)
+        return [r for r, _, _ in kept], out, total
+
     def _batch(self, rollouts: Any) -> dict[str, Any]:
         return rollouts.to_batch(self.policy.tokenizer.pad_token_id, device=self.policy.device)
 
@@ -278,6 +338,10 @@ class CellRunner:
         for key in STEP_FIELDS:
             v = train.get(key)
             rec[key] = None if isinstance(v, float) and not math.isfinite(v) else v
+        for key in OPTIONAL_STEP_FIELDS:
+            if key in train:
+                v = train[key]
+                rec[key] = None if isinstance(v, float) and not math.isfinite(v) else v
         self.trace.append(rec)
         self.progress({"event": "step", "cell_id": self.cfg.cell_id, "campaign": k,
                        "step": step, "eval_pass1": pass1})
@@ -286,11 +350,13 @@ class CellRunner:
     def _eval_samples(self) -> int:
         return len(self.splits["eval"]) * self.cfg.eval.samples_per_task
 
-    def _prompts(self, k: int, step: int) -> list[Any]:
+    def _prompts(self, k: int, step: int, round_: int = 0) -> list[Any]:
+        """The prompts of step `step` of campaign k (round > 0: a dynamic-sampling refill)."""
         import random
 
         train = self.splits["train"]
-        rng = random.Random(derive_seed(self.cfg.seed, "prompts", k, step))
+        parts = (self.cfg.seed, "prompts", k, step) + ((round_,) if round_ else ())
+        rng = random.Random(derive_seed(*parts))
         p = self.cfg.rollout.prompts_per_step
         if p <= len(train):
             return rng.sample(train, p)

@@ -10,139 +10,53 @@ in cell ids, `exclude` rules and `comparisons`; labels must be unique within an 
 
 from __future__ import annotations
 
-import importlib
-import json
 import re
-from collections.abc import Callable
-from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 import harness.spec.limits as limits
+from harness.spec.base import (  # noqa: F401  (re-exported)
+    LABEL_RE,
+    REGISTRIES,
+    ControllerName,
+    KLEstimatorName,
+    Label,
+    LossAggName,
+    MethodName,
+    NonNegInt,
+    PolicyLossName,
+    PositiveInt,
+    Registered,
+    RolloutBackendName,
+    Seed,
+    TaskSourceName,
+    _at_most,
+    _params_by_name,
+    _Strict,
+    registry,
+    resolve_params,
+)
 from harness.spec.limits import DOC as _LIMITS
+from harness.spec.method import (  # noqa: F401  (re-exported)
+    MOVED_TO_PARAMS,
+    DynamicSamplingSpec,
+    EntropySpec,
+    EWCConfig,
+    KLConfig,
+    MethodSpec,
+    OverlongSpec,
+    ResetSpec,
+)
 
 # The built-in policies (everything else is a hub id or a local directory).
 BUILTIN_MODELS = ("tiny",)
 
-LABEL_RE = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class _Strict(BaseModel):
-    """Unknown keys are errors (a misspelt key must never be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-Label = Annotated[str, Field(pattern=LABEL_RE)]
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
-# A seed: what every random generator the harness seeds accepts.
-Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED)]
-
-
-def _at_most(n: float) -> str:
-    """The end of a limited field's description (and the marker of a limit's error)."""
-    return f" At most {n:,g} ({_LIMITS})."
-
-
-# --------------------------------------------------------------------------- registries
-# Each kind of component has one registry, the single source of its names: a spec's name for
-# one is checked against it (with a did-you-mean), and `harness spec-schema` lists its names
-# (an `enum` filled when the schema is generated). Imported lazily: the registries' modules
-# import this one.
-REGISTRIES: dict[str, tuple[str, str]] = {
-    "method": ("harness.methods", "METHODS"),
-    "policy_loss": ("harness.methods", "POLICY_LOSSES"),
-    "loss_agg": ("harness.methods", "AGGREGATIONS"),
-    "kl_estimator": ("harness.methods", "KL_ESTIMATORS"),
-    "controller": ("harness.controllers", "CONTROLLERS"),
-    "task_source": ("harness.tasks", "TASK_SOURCES"),
-    "rollout_backend": ("harness.policy.backends", "ROLLOUT_BACKENDS"),
-}
-
-
-def registry(kind: str) -> Any:
-    """The registry of one kind of component (a key of `REGISTRIES`)."""
-    module, attr = REGISTRIES[kind]
-    return getattr(importlib.import_module(module), attr)
-
-
-def _registered(kind: str, value: str) -> str:
-    reg = registry(kind)
-    if value not in reg:
-        raise ValueError(reg.unknown_message(value))
-    return value
-
-
-def _names_enum(kind: str) -> Callable[[dict[str, Any]], None]:
-    def extra(schema: dict[str, Any]) -> None:
-        schema["enum"] = registry(kind).names()
-
-    return extra
-
-
-def Registered(kind: str) -> Any:
-    """`str` holding the name of a registered component of `kind`."""
-    return Annotated[str, AfterValidator(partial(_registered, kind)),
-                     Field(json_schema_extra=_names_enum(kind))]
-
-
-def _params_by_name(kind: str) -> Callable[[dict[str, Any]], None]:
-    """Schema extra of a `params` field: each registered component's parameters and their
-    defaults, appended to the field's description."""
-
-    def extra(schema: dict[str, Any]) -> None:
-        reg = registry(kind)
-        parts = []
-        for name in reg:
-            fields = reg.get(name).Params.model_fields
-            shown = ", ".join(f"{k}=" + ("required" if f.is_required() else
-                                        json.dumps(f.get_default(call_default_factory=True)))
-                              for k, f in fields.items()) or "none"
-            parts.append(f"{name}: {shown}")
-        schema["description"] = f"{schema.get('description', '')} Per {kind}: " + "; ".join(
-            parts) + "."
-
-    return extra
-
-
-def resolve_params(kind: str, name: str, params_cls: type[BaseModel],
-                   params: dict[str, Any]) -> dict[str, Any]:
-    """`params` checked against a component's own `Params` model and completed with its
-    defaults (plain JSON), so the resolved spec and every hash state every value the
-    component uses. Raises ValueError naming the parameter (did-you-mean for unknown keys)."""
-    try:
-        return params_cls.model_validate(params).model_dump(mode="json")
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            from harness.registry import did_you_mean
-
-            msg = (f"unknown parameter{did_you_mean(loc, list(params_cls.model_fields))}; "
-                   f"{kind} {name} takes: {', '.join(params_cls.model_fields) or 'none'}")
-        raise ValueError(f"params.{loc}: {msg}") from None
-
-
-# Names of registered components (str, checked against the registry).
-MethodName = Registered("method")
-PolicyLossName = Registered("policy_loss")
-LossAggName = Registered("loss_agg")
-KLEstimatorName = Registered("kl_estimator")
-ControllerName = Registered("controller")
-TaskSourceName = Registered("task_source")
-RolloutBackendName = Registered("rollout_backend")
 
 
 # --------------------------------------------------------------------------- models
@@ -219,78 +133,6 @@ class ModelSpec(_Strict):
     @property
     def name(self) -> str:
         return self.label or self.id.rstrip("/").split("/")[-1]
-
-
-# --------------------------------------------------------------------------- methods
-class KLConfig(_Strict):
-    """KL penalty beta * KL(pi || pi_ref) added to the loss."""
-
-    beta: float = Field(0.05, ge=0, description="Penalty weight.")
-    estimator: KLEstimatorName = Field(
-        "k3", description="Per-token KL estimator (registered: `harness components`).")
-    reference: Literal["chain_start", "campaign_start"] = Field(
-        "chain_start", description="Policy the KL is measured against.")
-    ratio_correction: bool = Field(
-        True, description="Multiply the per-token KL by the importance ratio (TRL's "
-        "use_bias_correction_kl): an unbiased gradient of KL(pi || pi_ref). False = classic "
-        "DeepSeekMath GRPO.")
-
-
-class EWCConfig(_Strict):
-    """Elastic weight consolidation: lambda/2 * sum F_i (theta_i - theta*_i)^2 with a diagonal
-    Fisher F estimated at campaign start."""
-
-    lam: float = Field(100.0, ge=0, description="Penalty weight lambda.")
-    fisher_batches: PositiveInt = Field(4, description="Rollout batches used to estimate F.")
-
-
-# Method options that were flat keys of a method before they became its params.
-MOVED_TO_PARAMS = ("baseline", "eps")
-
-
-class MethodSpec(_Strict):
-    """How a step turns rewards into an update (docs/design.md section 2, Methods).
-
-    `params` are the method's own parameters (its `Params` model: unknown keys are errors,
-    defaults are filled in when the spec is validated)."""
-
-    name: MethodName = Field(description="Registered method (`harness components`).")
-    label: Label | None = Field(None, description="Name in cell ids; default: the name.")
-    params: dict[str, Any] = Field(
-        default_factory=dict, json_schema_extra=_params_by_name("method"),
-        description="Method parameters, checked and completed by the method's Params model.")
-    policy_loss: PolicyLossName = Field(
-        "reinforce", description="Per-token policy-gradient term (registered policy loss); "
-        "reinforce: -A * ratio with ratio = exp(logp - logp.detach()), 1 in value.")
-    loss_agg: LossAggName = Field(
-        "seq_sum",
-        description="token_mean: sum over all completion tokens / their count; seq_mean: mean "
-        "over sequences of each sequence's token mean; seq_sum: mean over sequences of each "
-        "sequence's summed log-prob (the classic REINFORCE estimator).")
-    kl: KLConfig | None = Field(None, description="Optional KL regulariser.")
-    ewc: EWCConfig | None = Field(None, description="Optional EWC regulariser.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_to_params(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in MOVED_TO_PARAMS:
-                if key in data:
-                    raise ValueError(f"method.{key} moved to method.params.{key} (write "
-                                     f"`params: {{{key}: {data[key]}}}`)")
-        return data
-
-    @model_validator(mode="after")
-    def _resolve_params(self) -> MethodSpec:
-        """Check params against the method's own schema and fill its defaults."""
-        params_cls = registry("method").get(self.name).Params
-        object.__setattr__(self, "params",
-                           resolve_params("method", self.name, params_cls, self.params))
-        return self
-
-    @property
-    def arm(self) -> str:
-        return self.label or self.name
 
 
 # --------------------------------------------------------------------------- controllers
@@ -598,3 +440,16 @@ class Spec(_Strict):
         if dup:
             raise ValueError(f"duplicate seeds {dup}: each seed may appear once")
         return v
+
+    @model_validator(mode="after")
+    def _mini_batches_divide(self) -> Spec:
+        p = self.rollout.prompts_per_step
+        for i, m in enumerate(self.methods):
+            if p % m.mini_batches:
+                raise ValueError(
+                    f"methods.{i}.mini_batches: {m.mini_batches} does not divide "
+                    f"rollout.prompts_per_step ({p}); mini-batches hold whole prompt groups")
+            if m.loss_agg == "token_sum_norm" and self.rollout.max_new_tokens < 1:
+                raise ValueError(f"methods.{i}.loss_agg: token_sum_norm needs "
+                                 "rollout.max_new_tokens >= 1")
+        return self
