@@ -17,7 +17,11 @@ Values are encoded as JSON with tags for the types JSON lacks (a one-key object:
 ``$c`` complex); both directions stop at ``MAX_DEPTH`` levels. Decoding is plain
 ``json.loads`` plus rebuilding those containers from fresh standard objects, safe on hostile
 input: :func:`from_plain` raises :class:`FrameError` (and nothing else) on anything that
-:func:`to_plain` could not have produced.
+:func:`to_plain` could not have produced. ``from_plain(data, keyed=False)``, what the worker
+uses on results, builds no hash table from the data: mappings and sets arrive as
+:class:`Unkeyed` (their elements in a list), so that keys a sample chose to collide (ints
+``k * (2**61 - 1)`` all hash alike) cannot make decoding quadratic in the worker, outside
+every sample's clock; it validates exactly as the keyed decoding does.
 
 Frames are a 4-byte big-endian length followed by that many bytes of UTF-8 JSON; every reader
 here raises :class:`FrameError` on a malformed frame (bad length, torn body, undecodable or
@@ -57,6 +61,33 @@ class FrameError(ValueError):
 
 class OutputLimitError(FrameError):
     """More bytes than the reader accepts in total."""
+
+
+class Unkeyed:
+    """A decoded mapping or set whose elements were not put into a hash table (see
+    ``from_plain(keyed=False)``): ``kind`` is the type it stands for (dict, OrderedDict,
+    Counter, defaultdict, set or frozenset), ``items`` its [key, value] pairs or elements, in
+    the order they arrived. Hashable exactly when a real one would be (a frozenset), so that
+    decoding refuses the same unhashable keys and elements; never equal to anything else."""
+
+    __slots__ = ("items", "kind")
+
+    def __init__(self, kind: type, items: list[Any]) -> None:
+        self.kind, self.items = kind, items
+
+    def __hash__(self) -> int:
+        if self.kind is not frozenset:
+            raise TypeError(f"unhashable type: '{self.kind.__name__}'")
+        return 0  # never put into a table: the hash only proves hashability
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"Unkeyed({self.kind.__name__}, {self.items!r})"
 
 
 def _pairs_to_plain(items: Iterable[tuple[Any, Any]], depth: int) -> list[list[Any]]:
@@ -110,14 +141,16 @@ def to_plain(value: Any, depth: int = 0) -> Any:
     raise NotPlainData(f"value of type {t.__name__} is not plain data")
 
 
-def from_plain(data: Any, depth: int = 0) -> Any:
+def from_plain(data: Any, depth: int = 0, *, keyed: bool = True) -> Any:
     """Decode what :func:`to_plain` produced (after a JSON round trip).
 
     Raises :class:`FrameError`, and only that, on anything else: unknown tags, wrong payload
-    types, unhashable set elements or dict keys, nesting beyond ``MAX_DEPTH``.
+    types, unhashable set elements or dict keys, nesting beyond ``MAX_DEPTH``. With
+    ``keyed=False`` mappings and sets arrive as :class:`Unkeyed` (no hash table is built:
+    linear time whatever the keys' hashes).
     """
     try:
-        return _decode(data, depth)
+        return (_KEYED if keyed else _UNKEYED).decode(data, depth)
     except FrameError:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError, LookupError) as exc:
@@ -125,64 +158,90 @@ def from_plain(data: Any, depth: int = 0) -> Any:
         raise FrameError(f"malformed plain value ({type(exc).__name__})") from None
 
 
-def _decode(data: Any, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise FrameError("value nests too deeply")
-    t = type(data)
-    if data is None or t is bool or t is int or t is float or t is str:
-        return data
-    if t is list:
-        return [_decode(v, depth + 1) for v in data]
-    if t is not dict:
-        raise FrameError(f"not an encoded plain value: {t.__name__}")
-    if len(data) != 1:
-        raise FrameError("not an encoded plain value: an object without exactly one tag")
-    ((tag, body),) = data.items()
-    decode = _DECODERS.get(tag) if type(tag) is str else None
-    if decode is None:
-        raise FrameError("not an encoded plain value: unknown tag")
-    return decode(body, depth)
+class _Decoder:
+    """from_plain's decoding, keyed (real dicts and sets) or not (:class:`Unkeyed`)."""
 
+    def __init__(self, keyed: bool) -> None:
+        self.keyed = keyed
+        self.tags: dict[str, Callable[[Any, int], Any]] = {
+            "$t": lambda body, depth: tuple(self.items(body, depth)),
+            "$d": lambda body, depth: self.mapping(body, depth, dict),
+            "$od": lambda body, depth: self.mapping(body, depth, OrderedDict),
+            "$ctr": lambda body, depth: self.mapping(body, depth, Counter),
+            "$dd": self.defaultdict,
+            "$s": lambda body, depth: self.set(body, depth, set),
+            "$fs": lambda body, depth: self.set(body, depth, frozenset),
+            "$b": _dec_bytes,
+            "$i": _dec_int,
+            "$f": _dec_float,
+            "$c": _dec_complex,
+        }
 
-def _items(body: Any, depth: int) -> list[Any]:
-    if type(body) is not list:
-        raise FrameError("tag payload must be a list")
-    return [_decode(v, depth + 1) for v in body]
+    def decode(self, data: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise FrameError("value nests too deeply")
+        t = type(data)
+        if data is None or t is bool or t is int or t is float or t is str:
+            return data
+        if t is list:
+            return [self.decode(v, depth + 1) for v in data]
+        if t is not dict:
+            raise FrameError(f"not an encoded plain value: {t.__name__}")
+        if len(data) != 1:
+            raise FrameError("not an encoded plain value: an object without exactly one tag")
+        ((tag, body),) = data.items()
+        decode = self.tags.get(tag) if type(tag) is str else None
+        if decode is None:
+            raise FrameError("not an encoded plain value: unknown tag")
+        return decode(body, depth)
 
+    def items(self, body: Any, depth: int) -> list[Any]:
+        if type(body) is not list:
+            raise FrameError("tag payload must be a list")
+        return [self.decode(v, depth + 1) for v in body]
 
-def _pairs(body: Any, depth: int) -> dict[Any, Any]:
-    if type(body) is not list:
-        raise FrameError("mapping payload must be a list of pairs")
-    out: dict[Any, Any] = {}
-    for pair in body:
-        if type(pair) is not list or len(pair) != 2:
-            raise FrameError("mapping item must be a [key, value] pair")
-        key = _decode(pair[0], depth + 1)
-        value = _decode(pair[1], depth + 1)
+    def pairs(self, body: Any, depth: int) -> list[tuple[Any, Any]]:
+        if type(body) is not list:
+            raise FrameError("mapping payload must be a list of pairs")
+        out = []
+        for pair in body:
+            if type(pair) is not list or len(pair) != 2:
+                raise FrameError("mapping item must be a [key, value] pair")
+            out.append((self.decode(pair[0], depth + 1), self.decode(pair[1], depth + 1)))
+        return out
+
+    def mapping(self, body: Any, depth: int, kind: type, factory: type | None = None) -> Any:
+        pairs = self.pairs(body, depth)
         try:
-            out[key] = value
+            if not self.keyed:
+                for key, _ in pairs:
+                    hash(key)
+                return Unkeyed(kind, [list(p) for p in pairs])
+            out = defaultdict(factory) if kind is defaultdict else kind()
+            for key, value in pairs:
+                out[key] = value
+            return out
         except TypeError:
             raise FrameError("unhashable mapping key") from None
-    return out
 
+    def set(self, body: Any, depth: int, kind: type) -> Any:
+        items = self.items(body, depth)
+        try:
+            if not self.keyed:
+                for item in items:
+                    hash(item)
+                return Unkeyed(kind, items)
+            return kind(items)
+        except TypeError:
+            raise FrameError("unhashable set element") from None
 
-def _dec_set(body: Any, depth: int, kind: type) -> Any:
-    items = _items(body, depth)
-    try:
-        return kind(items)
-    except TypeError:
-        raise FrameError("unhashable set element") from None
-
-
-def _dec_defaultdict(body: Any, depth: int) -> defaultdict[Any, Any]:
-    if type(body) is not list or len(body) != 2:
-        raise FrameError("defaultdict payload must be [factory, pairs]")
-    name, pairs = body
-    if name is not None and (type(name) is not str or name not in _FACTORIES):
-        raise FrameError("defaultdict factory must be null or a builtin type's name")
-    out: defaultdict[Any, Any] = defaultdict(None if name is None else _FACTORIES[name])
-    out.update(_pairs(pairs, depth))
-    return out
+    def defaultdict(self, body: Any, depth: int) -> Any:
+        if type(body) is not list or len(body) != 2:
+            raise FrameError("defaultdict payload must be [factory, pairs]")
+        name, pairs = body
+        if name is not None and (type(name) is not str or name not in _FACTORIES):
+            raise FrameError("defaultdict factory must be null or a builtin type's name")
+        return self.mapping(pairs, depth, defaultdict, None if name is None else _FACTORIES[name])
 
 
 def _dec_bytes(body: Any, _depth: int) -> bytes:
@@ -216,19 +275,7 @@ def _dec_complex(body: Any, _depth: int) -> complex:
         raise FrameError("complex part out of range") from None
 
 
-_DECODERS: dict[str, Callable[[Any, int], Any]] = {
-    "$t": lambda body, depth: tuple(_items(body, depth)),
-    "$d": _pairs,
-    "$od": lambda body, depth: OrderedDict(_pairs(body, depth)),
-    "$ctr": lambda body, depth: Counter(_pairs(body, depth)),
-    "$dd": _dec_defaultdict,
-    "$s": lambda body, depth: _dec_set(body, depth, set),
-    "$fs": lambda body, depth: _dec_set(body, depth, frozenset),
-    "$b": _dec_bytes,
-    "$i": _dec_int,
-    "$f": _dec_float,
-    "$c": _dec_complex,
-}
+_KEYED, _UNKEYED = _Decoder(keyed=True), _Decoder(keyed=False)
 
 
 def decode_json(body: bytes) -> Any:

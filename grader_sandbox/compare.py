@@ -16,6 +16,9 @@ expected value's JSON type, at every depth (grader_sandbox/README.md "Comparison
                                                          True "true", None "null")
   -         set, frozenset, bytes, complex               never equal (JSON has none)
 
+A result decoded by ``from_plain(keyed=False)`` (the worker's way: no hash table built from
+a sample's keys) compares exactly as the same result decoded into real dicts and sets.
+
 ``float_tol`` is relative, and absolute below magnitude 1: |a - b| <= tol * max(1, |a|, |b|);
 it must be finite and in [0, MAX_FLOAT_TOL]. ``stdio`` style: outputs compare token by token;
 with ``float_tol``, two tokens that are both finite decimal numerals compare within it, any
@@ -29,6 +32,8 @@ import re
 from collections import Counter, OrderedDict, defaultdict
 from fractions import Fraction
 from typing import Any
+
+from grader_sandbox.codec import Unkeyed
 
 MAX_FLOAT_TOL = 1.0
 _DICTS = (dict, OrderedDict, Counter, defaultdict)
@@ -93,14 +98,18 @@ def _key_form(key: Any) -> str | None:
 
 
 def _dict_eq(actual: Any, expected: dict[Any, Any], tol: float | None) -> bool:
+    """``actual``: a dict of one of the _DICTS types, or an Unkeyed one (from the worker's
+    decoding, which builds no hash table from a sample's keys). Only the keys' JSON forms
+    (strings, whose hashes are randomised per process) ever go into a table here."""
+    pairs = actual.items if type(actual) is Unkeyed else dict.items(actual)
+    if len(pairs) != len(expected):
+        return False
     forms: dict[str, Any] = {}
-    for key, value in dict.items(actual):
+    for key, value in pairs:
         form = _key_form(key)
         if form is None or form in forms:
             return False  # no JSON form, or two keys with the same one ({1: .., "1": ..})
         forms[form] = value
-    if len(forms) != len(expected):
-        return False
     for key, want in expected.items():
         form = _key_form(key)
         if form is None or form not in forms or not values_equal(forms[form], want, tol):
@@ -132,7 +141,8 @@ def _eq(actual: Any, expected: Any, tol: float | None) -> bool:
         return (ta in _SEQS and len(actual) == len(expected)
                 and all(_eq(a, e, tol) for a, e in zip(actual, expected, strict=True)))
     if isinstance(expected, dict):
-        return ta in _DICTS and _dict_eq(actual, expected, tol)
+        return (ta in _DICTS or (ta is Unkeyed and actual.kind in _DICTS)) and _dict_eq(
+            actual, expected, tol)
     return False  # not a JSON value: nothing matches it
 
 

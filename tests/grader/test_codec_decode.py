@@ -1,11 +1,14 @@
-"""from_plain on hostile input raises FrameError and nothing else; the benign containers cross;
-readers turn undecodable frames into FrameError; a forged malformed value is a violation."""
+"""from_plain on hostile input raises FrameError and nothing else (keyed or, as the worker
+decodes, unkeyed, which refuses the same and stays linear on colliding hashes); the benign
+containers cross; readers turn undecodable frames into FrameError; a forged malformed value is
+a violation."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import time
 import typing
 from collections import Counter, OrderedDict, defaultdict, namedtuple
 from typing import Any
@@ -21,11 +24,13 @@ from grader_sandbox.codec import (
     FrameError,
     FrameReader,
     NotPlainData,
+    Unkeyed,
     from_plain,
     pack,
     read_frame_from,
     to_plain,
 )
+from grader_sandbox.compare import values_equal
 
 TAGS = ["$t", "$d", "$od", "$ctr", "$dd", "$s", "$fs", "$b", "$i", "$f", "$c", "$x", ""]
 
@@ -51,6 +56,34 @@ json_values = st.recursive(
 def test_from_plain_returns_or_raises_frame_error_only(data: Any) -> None:
     with contextlib.suppress(FrameError):
         from_plain(data)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_the_workers_unkeyed_decoding_refuses_exactly_what_keyed_decoding_refuses(
+        data: Any) -> None:
+    outcomes = []
+    for keyed in (True, False):
+        try:
+            from_plain(data, keyed=keyed)
+            outcomes.append("ok")
+        except FrameError:
+            outcomes.append("FrameError")
+    assert outcomes[0] == outcomes[1], data
+
+
+def test_unkeyed_decoding_of_colliding_keys_takes_linear_time() -> None:
+    # 100,000 distinct ints with one hash: a set or dict of them costs ~n**2/2 probes
+    # (minutes); the worker's decoding builds neither.
+    keys = [k * ((1 << 61) - 1) for k in range(1, 100_001)]
+    assert len({hash(k) for k in keys[:1000]}) == 1
+    t0 = time.monotonic()
+    for value in ({"$s": keys}, {"$fs": keys}, {"$d": [[k, 1] for k in keys]},
+                  {"$ctr": [[k, 1] for k in keys]}, {"$dd": ["int", [[k, 1] for k in keys]]}):
+        got = from_plain(value, keyed=False)
+        assert isinstance(got, Unkeyed) and len(got) == len(keys)
+        assert not values_equal(got, [1]) and not values_equal(got, {"1": 1})
+    assert time.monotonic() - t0 < 2.0
 
 
 @given(json_values)

@@ -21,9 +21,13 @@ Point = namedtuple("Point", "x y")
 
 
 def same(actual: Any, expected: Any, tol: float | None = None) -> bool:
-    """values_equal after the result crossed the sandbox boundary (encode, JSON, decode)."""
-    crossed = from_plain(json.loads(json.dumps(to_plain(actual))))
-    return values_equal(crossed, expected, tol)
+    """values_equal after the result crossed the sandbox boundary (encode, JSON, decode),
+    decoded both into real containers and as the worker does (keyed=False: no hash table
+    built from the sample's keys), which must agree."""
+    wire = json.loads(json.dumps(to_plain(actual)))
+    keyed = values_equal(from_plain(wire), expected, tol)
+    assert values_equal(from_plain(wire, keyed=False), expected, tol) is keyed, (actual, expected)
+    return keyed
 
 
 # -- A1: infinities and NaN ------------------------------------------------------------------

@@ -4,8 +4,11 @@ nothing is left running and no file outside the sample's directory changes.
 Every program in fixtures/corpus/ starts with ``# grader: {json}``: the expected verdict
 (``expect``) and any request fields that differ from the default (a ``call`` of ``f(2) == 4``).
 ``expect_root``, ``expect_userns`` or ``expect_container`` replace ``expect`` in that mode
-(none is needed so far); ``test_code_repeat: {"head", "body", "times"}`` builds a large
-``test_code`` (``head`` then ``body`` ``times`` times, ``{n}`` the repetition's number).
+(none is needed so far). Besides ``status``, an expectation may name the ``error_type``, the
+number of ``tests_passed`` (a program that tries one variant per test expects 0: the first
+failing test alone decides the status) and a ``max_wall_s``. ``test_code_repeat: {"head",
+"body", "times"}`` builds a large ``test_code`` (``head`` then ``body`` ``times`` times, ``{n}``
+the repetition's number).
 fixtures/corpus_pairs/<name>/ holds attacks on later samples: its programs (same header) are
 graded in file-name order, one after another on one worker.
 
@@ -112,6 +115,8 @@ def verdict_problem(v: dict[str, Any], expect: dict[str, Any],
         return f"passed is {v.get('passed')!r}: {v}"
     if "error_type" in expect and v.get("error_type") != expect["error_type"]:
         return f"error_type {v.get('error_type')!r}, expected {expect['error_type']!r}: {v}"
+    if "tests_passed" in expect and v.get("tests_passed") != expect["tests_passed"]:
+        return f"tests_passed {v.get('tests_passed')!r}, expected {expect['tests_passed']!r}: {v}"
     if "max_wall_s" in expect and v.get("wall_s", 0.0) > expect["max_wall_s"]:
         return f"wall_s {v.get('wall_s')} > {expect['max_wall_s']}: {v}"
     if v.get("status") == "timeout" and req is not None and (
