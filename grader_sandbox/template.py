@@ -2,8 +2,10 @@
 
 The worker starts it as a separate, lean interpreter (``python -I``, a handful of modules), so
 each fork copies as few pages as possible, and it only ever receives what a program may know:
-the program, the test inputs, the limits. Never expected outputs or test code, so no program
-child's memory (not even freed memory inherited from here) can hold an answer.
+the limits and the descriptors of each child. The program and the test inputs travel in a
+memfd that only the child reads, after the fork; expected outputs and test code never come
+here. So no child's memory (not even freed memory inherited from here) holds anything of
+another sample, let alone an answer.
 
 Once set up, the template pivots into the samples' view (isolation.build_view): from then on
 it and every child see only the standard library, the system libraries and a few devices.
@@ -14,8 +16,12 @@ by the worker; the judge the block's first) and confines itself (confine.py).
 Protocol on the SOCK_SEQPACKET socket it inherits (its number is the last argument):
   worker -> template, once: {"uid_base", "drop_caps", "env", "preload", "view"}
                             + the two BPF programs (memfds)
-  worker -> template, per program child: {"role": "program", "uid"} + [spec memfd, fd0 .. fd5]
-  worker -> template, per judge: {"role": "judge"} + [empty memfd, fd0 .. fd2, control socket]
+  worker -> template, per program child: {"role": "program", "uid", "limits", "fail_setup",
+                            "null"} + [spec memfd, the descriptors of fd0 .. fd5 but those
+                            listed in "null" (each child opens /dev/null for those itself)]
+  worker -> template, per judge: {"role": "judge", "null": [0, 1, 2]} + [empty memfd,
+                            control socket]
+  The template never reads the spec memfd: the child does, after the fork.
   template -> worker: {"pid"} after the fork; the child is the worker's (CLONE_PARENT), and
   the worker reaps it. Test code goes from the worker to the judge directly, never through
   the template.
@@ -171,20 +177,26 @@ def main(sock_fd: int) -> None:
             return
         header = json.loads(msg)
         judge = header.get("role") == "judge"
-        spec = None if judge else json.loads(os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
         uid = judge_uid if judge else header.get("uid")  # the worker picks programs' uids
         pid = _fork()
         if pid == 0:
-            if spec is not None and spec.get("fail_setup"):  # worker.INJECT_ENV (testing)
+            if header.get("fail_setup"):  # worker.INJECT_ENV (testing)
                 os._exit(SETUP_FAILED)
             try:
-                n = len(fds) - 1
-                arrange_fds([*fds[1:], fds[0], worker_pidfd])  # payload: n, worker: n + 1
-                os.close(n)
-                limits = _JUDGE_LIMITS if judge else spec["limits"]  # type: ignore[index]
+                # The child reads its own program and inputs: the template never holds a
+                # sample's data, so no later child can find it in memory inherited from here.
+                spec = None if judge else json.loads(
+                    os.pread(fds[0], os.fstat(fds[0]).st_size, 0))
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+                given = iter(fds[1:])
+                nulls = set(header["null"])
+                layout = [null if i in nulls else next(given)
+                          for i in range(len(fds) - 1 + len(nulls))]
+                arrange_fds([*layout, worker_pidfd])  # the worker's pidfd: len(layout)
+                limits = _JUDGE_LIMITS if judge else header["limits"]
                 confine(workdir=WORKDIR, limits=limits, uid=uid, drop_caps=drop_caps,
-                        seccomp_filter=judge_bpf if judge else delta_bpf, parent_fd=n + 1,
-                        base_vm=base_vm, cpu_limit=not judge)
+                        seccomp_filter=judge_bpf if judge else delta_bpf,
+                        parent_fd=len(layout), base_vm=base_vm, cpu_limit=not judge)
             except BaseException:
                 try:
                     traceback.print_exc()

@@ -95,8 +95,8 @@ class _Judge:
     def __init__(self, worker: Worker) -> None:
         self.sock, jsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            dn = worker.devnull
-            self.proc = worker._fork_child({"role": "judge"}, b"", [dn, dn, dn, jsock.fileno()])
+            self.proc = worker._fork_child({"role": "judge"}, b"",
+                                           [None, None, None, jsock.fileno()])
         finally:
             jsock.close()
         self.jobs = 0
@@ -156,12 +156,18 @@ class Worker:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _fork_child(self, header: dict[str, Any], payload: bytes, fds: list[int]) -> Proc:
-        """Have the template fork a child; ``payload`` travels in a memfd (any size)."""
+    def _fork_child(self, header: dict[str, Any], payload: bytes,
+                    fds: list[int | None]) -> Proc:
+        """Have the template fork a child with ``fds`` as its descriptors 0.. (None: a
+        /dev/null the child opens itself, so that no open file description, with its flags
+        and locks, is shared with the worker or with another sample). ``payload`` travels in
+        a memfd (any size) that only the child reads, never the template."""
+        header = dict(header, null=[i for i, fd in enumerate(fds) if fd is None])
         mfd = os.memfd_create("payload", os.MFD_CLOEXEC)
         try:
             os.write(mfd, payload)
-            socket.send_fds(self.sock, [json.dumps(header).encode()], [mfd, *fds])
+            socket.send_fds(self.sock, [json.dumps(header).encode()],
+                            [mfd, *(fd for fd in fds if fd is not None)])
         finally:
             os.close(mfd)
         msg = json.loads(self.sock.recv(4096))
@@ -254,35 +260,36 @@ class Worker:
         res_r, res_w = run.pipe()
         con_r, con_w = run.pipe()
         run.res_r, run.con_r = res_r, con_r
-        call_r = reply_w = self.devnull
+        # assert style: the program's pipes to the judge, (calls in, replies out) on its side
+        # and (calls out, replies in) on the judge's
+        prog_side: list[int | None] = [None, None]
+        judge_side: list[int] = []
         if style == "assert":
             call_r, call_w = run.pipe()  # judge -> program
             reply_r, reply_w = run.pipe()  # program -> judge
-        public = self._public_spec(req)
-        if self.inject and _injected(req):
-            public["fail_setup"] = True
-        spec = json.dumps(public).encode()
+            prog_side, judge_side = [call_r, reply_w], [reply_r, call_w]
+        spec = json.dumps(self._public_spec(req)).encode()
         uid = self._next_uid()
         if uid is not None:
             os.chown(self.work, uid, uid)
         self._dirty = True
-        run.prog = self._fork_child({"role": "program", "uid": uid}, spec,
-                                    [self.devnull, con_w, con_w, res_w, call_r, reply_w])
-        run.close(con_w, res_w)
-        if style == "assert":
-            run.close(call_r, reply_w)
+        header = {"role": "program", "uid": uid, "limits": req["limits"],
+                  "fail_setup": bool(self.inject and _injected(req))}
+        run.prog = self._fork_child(header, spec, [None, con_w, con_w, res_w, *prog_side])
+        run.close(con_w, res_w, *(fd for fd in prog_side if fd is not None))
+        if judge_side:
             judge = self._get_judge()
             code_fd = os.memfd_create("tests", os.MFD_CLOEXEC)  # any size (a socket message
             run.opened.append(code_fd)                          # is not)
             os.write(code_fd, req["test_code"].encode("utf-8", "surrogatepass"))
             try:
                 socket.send_fds(judge.sock, [json.dumps({"entry_point": req["entry_point"]})
-                                             .encode()], [code_fd, reply_r, call_w])
+                                             .encode()], [code_fd, *judge_side])
             except OSError:
                 run.judge_broken = True
             judge.jobs += 1
             run.judge = judge
-            run.close(code_fd, reply_r, call_w)
+            run.close(code_fd, *judge_side)
 
     def _supervise(self, run: _Run, deadline: float) -> None:
         """Collect results until complete, the deadline, or the children's end."""
