@@ -20,7 +20,8 @@ A result decoded by ``from_plain(keyed=False)`` (the worker's way: no hash table
 a sample's keys) compares exactly as the same result decoded into real dicts and sets.
 
 ``float_tol`` is relative, and absolute below magnitude 1: |a - b| <= tol * max(1, |a|, |b|);
-it must be finite and in [0, MAX_FLOAT_TOL]. ``stdio`` style: outputs compare token by token;
+it must be finite and in [0, MAX_FLOAT_TOL]. ``stdio`` style: outputs compare token by token
+(tokens are separated by ASCII whitespace only);
 with ``float_tol``, two tokens that are both finite decimal numerals compare within it, any
 other token (``inf``, ``nan``, words) only as exact text.
 """
@@ -39,6 +40,7 @@ MAX_FLOAT_TOL = 1.0
 _DICTS = (dict, OrderedDict, Counter, defaultdict)
 _SEQS = (list, tuple)
 _NUMERAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_ASCII_SPACE = re.compile(r"[ \t\n\r\v\f]+")
 _INT_KEY_CEIL = 10**4300  # ints with more digits have no JSON form here (int max str digits)
 
 
@@ -157,17 +159,24 @@ def _token_eq(a: str, b: str, float_tol: float | None) -> bool:
     return _within(fa, fb, float_tol)
 
 
+def _tokens(text: str) -> list[str]:
+    return [t for t in _ASCII_SPACE.split(text) if t]
+
+
 def stdout_matches(actual: str, expected: str, float_tol: float | None = None) -> bool:
     """Whitespace-insensitive, token-wise comparison of a program's output with the expected.
 
-    Tokens are maximal runs of non-whitespace; line structure and trailing spaces are ignored.
+    Tokens are maximal runs of anything but ASCII whitespace (space, tab, line feed, carriage
+    return, vertical tab, form feed); line structure and trailing spaces are ignored. Other
+    characters that Python's ``str.split`` also takes for whitespace (the separators
+    ``\x1c``-``\x1f``, ``\x85``, no-break and ideographic spaces, ...) are part of tokens.
     With ``float_tol``, tokens that are both finite decimal numerals compare within the
     tolerance; ``inf``, ``nan`` and every other token must match as text.
     """
     check_float_tol(float_tol)
     if actual == expected:
         return True
-    ta, te = actual.split(), expected.split()
+    ta, te = _tokens(actual), _tokens(expected)
     return len(ta) == len(te) and all(
         _token_eq(a, e, float_tol) for a, e in zip(ta, te, strict=True)
     )

@@ -87,6 +87,23 @@ def test_stdio_tolerance_applies_to_decimal_numerals_only() -> None:
     assert not stdout_matches("0x10", "16", 1e-6)
 
 
+# Python's str.split() also splits at these; no judge takes them for whitespace.
+NOT_ASCII_SPACE = ["\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\xa0", "\u1680", "\u2000",
+                   "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"]
+
+
+@pytest.mark.parametrize("tol", [None, 1e-6])
+@pytest.mark.parametrize("sep", NOT_ASCII_SPACE)
+def test_stdio_tokens_are_separated_by_ascii_whitespace_only(tol: float | None, sep: str) -> None:
+    assert sep.isspace()  # what str.split() would have split at
+    assert not stdout_matches(f"1{sep}2", "1 2", tol)
+    assert not stdout_matches(f"4{sep}", "4", tol) and not stdout_matches(f"{sep}4", "4", tol)
+    assert not stdout_matches("1 2", f"1{sep}2", tol)
+    assert stdout_matches(f"1{sep}2", f"1{sep}2", tol)
+    assert stdout_matches(f"1{sep}2 \t\r\n\x0b\x0c", f"1{sep}2\n", tol)
+    assert stdout_matches(" 1\t2\r\n\x0b3\x0c\n\n", "1 2\n3", tol)
+
+
 # -- A2: sets and bools ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("tol", [None, 1e-6])
