@@ -48,8 +48,9 @@ CANARY = "/tmp/grader-sandbox-canary"
 # Programs that do no harm: in every mode they must pass, whatever the hostile ones get,
 # which is what proves the runner itself works.
 BENIGN_PROGRAMS = ("capacity_eight_live_threads", "capacity_large_test_code_asserts",
-                   "capacity_large_test_code_check", "write_own_workdir_benign",
-                   "stdio_exit_after_answer_benign")
+                   "capacity_large_test_code_check", "capacity_sixty_four_live_threads",
+                   "write_own_workdir_benign", "stdio_exit_after_answer_benign",
+                   "benign_standard_containers", "stdio_ascii_whitespace_benign")
 
 
 def _write_plan(directory: Path, mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
