@@ -80,6 +80,19 @@ def _rewards(rewards: list[list[float]]) -> tuple[Tensor, Tensor | None, float]:
     return torch.nan_to_num(reward_t, nan=0.0), None if bool(valid.all()) else valid, mean
 
 
+def _shaped(m: MethodSpec, batch: dict[str, Tensor], reward_t: Tensor, valid: Tensor | None,
+            max_tokens: int, seed: int) -> Tensor:
+    """The rewards the update trains on (`methods.shaping`: placebo, overlong penalty);
+    samples without a reward stay at 0 and masked."""
+    if not m.placebo and m.overlong is None:
+        return reward_t
+    from harness.methods.shaping import shape_rewards
+
+    lengths = batch["completion_mask"].sum(-1).reshape(reward_t.shape).cpu()
+    raw = reward_t if valid is None else torch.where(valid, reward_t, math.nan)
+    return torch.nan_to_num(shape_rewards(m, raw, lengths, max_tokens, seed), nan=0.0)
+
+
 class _Entropy:
     """The entropy bonus's coefficient over a campaign: fixed, or adaptive (TRL's rule: the
     coefficient is applied only while the last step's entropy was at or below the target, and
@@ -161,7 +174,7 @@ class LocalUpdate:
         tokens = int(batch["completion_mask"].sum())
         if batch["input_ids"].size(0) == 0:  # dynamic sampling kept no group: no update
             return StepResult({}, math.nan, mean, 0)
-        reward_t = self._shaped(batch, reward_t, valid, seed)
+        reward_t = _shaped(self.method, batch, reward_t, valid, self.max_tokens, seed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         coef = self.entropy.applied()
@@ -178,18 +191,6 @@ class LocalUpdate:
         if self._reset(lr):
             metrics["reset"] = 1.0
         return StepResult(metrics, grad_norm, mean, tokens)
-
-    def _shaped(self, batch: dict[str, Tensor], reward_t: Tensor, valid: Tensor | None,
-                seed: int) -> Tensor:
-        m = self.method
-        if not m.placebo and m.overlong is None:
-            return reward_t
-        from harness.methods.shaping import shape_rewards
-
-        lengths = batch["completion_mask"].sum(-1).reshape(reward_t.shape).cpu()
-        raw = reward_t if valid is None else torch.where(valid, reward_t, math.nan)
-        shaped = shape_rewards(m, raw, lengths, self.max_tokens, seed)
-        return torch.nan_to_num(shaped, nan=0.0)
 
     def _inner_steps(self, batch: dict[str, Tensor], reward_t: Tensor, valid: Tensor | None,
                      coef: float, seed: int, lr: float) -> tuple[dict[str, float], float]:
@@ -281,13 +282,7 @@ class EngineUpdate:
         from harness.methods import backward_loss
 
         reward_t, valid, mean = _rewards(rewards)
-        if self.method.placebo or self.method.overlong is not None:
-            from harness.methods.shaping import shape_rewards
-
-            lengths = batch["completion_mask"].sum(-1).reshape(reward_t.shape).cpu()
-            raw = reward_t if valid is None else torch.where(valid, reward_t, math.nan)
-            reward_t = torch.nan_to_num(
-                shape_rewards(self.method, raw, lengths, self.max_tokens, seed), nan=0.0)
+        reward_t = _shaped(self.method, batch, reward_t, valid, self.max_tokens, seed)
         self.engine.set_lr(lr)
         coef = self.entropy.applied()
         metrics = backward_loss(
