@@ -1,5 +1,5 @@
 """The worker's view of its sandboxed children: a process handle (pidfd, status, CPU time,
-kill) and a poll(2) loop over their pipes."""
+kill), a poll(2) loop over their pipes, and the state of one sample being graded."""
 
 from __future__ import annotations
 
@@ -95,3 +95,41 @@ class Proc:
         if self.status is not None and os.WIFSIGNALED(self.status):
             return describe_signal(os.WTERMSIG(self.status))
         return None
+
+
+class Run:
+    """The state of one sample being graded."""
+
+    def __init__(self, req: dict[str, Any]) -> None:
+        self.req = req
+        self.opened: list[int] = []
+        self.prog: Proc | None = None
+        self.judge: Any = None  # the worker's judge, when assert style
+        self.res_r = self.con_r = -1
+        self.results: dict[int, dict[str, Any]] = {}
+        self.load_error: str | None = None
+        self.judge_result: Any = None
+        self.judge_broken = False
+        self.timed_out = self.output_limit = self.protocol = self.deferred = False
+        self.console = 0
+
+    def pipe(self) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        self.opened.extend((r, w))
+        return r, w
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            os.close(fd)
+            self.opened.remove(fd)
+
+    def close_fds(self) -> None:
+        for fd in self.opened:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.opened.clear()
+
+    def complete(self) -> bool:
+        if self.req["style"] == "assert":
+            return self.judge_result is not None
+        return self.load_error is not None or len(self.results) == len(self.req["tests"])

@@ -18,7 +18,6 @@ Protocol with the pool (stdin/stdout of the worker): frames of JSON (see codec.p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import json
 import os
@@ -54,7 +53,7 @@ from grader_sandbox.isolation import (
     layers,
     setup_worker,
 )
-from grader_sandbox.procs import Poller, Proc
+from grader_sandbox.procs import Poller, Proc, Run
 
 # Imported once by the template so that program children and the judge find them loaded:
 # what model-written solutions import most. Each one costs every fork a little.
@@ -235,7 +234,7 @@ class Worker:
         self.settle()  # the previous sample's clean-up, before this sample's clock starts
         t0 = time.monotonic()
         deadline = t0 + float(req["limits"]["timeout_s"])
-        run = _Run(req)
+        run = Run(req)
         try:
             self._start_children(req, run)
             self._supervise(run, deadline)
@@ -255,7 +254,7 @@ class Worker:
         verdict["wall_s"] = round(time.monotonic() - t0, 6)
         return verdict
 
-    def _start_children(self, req: dict[str, Any], run: _Run) -> None:
+    def _start_children(self, req: dict[str, Any], run: Run) -> None:
         style = req["style"]
         res_r, res_w = run.pipe()
         con_r, con_w = run.pipe()
@@ -291,7 +290,7 @@ class Worker:
             run.judge = judge
             run.close(code_fd, *judge_side)
 
-    def _supervise(self, run: _Run, deadline: float) -> None:
+    def _supervise(self, run: Run, deadline: float) -> None:
         """Collect results until complete, the deadline, or the children's end."""
         req, prog, judge = run.req, run.prog, run.judge
         assert prog is not None
@@ -387,7 +386,7 @@ class Worker:
         finally:
             sel.close()
 
-    def _take_result(self, req: dict[str, Any], frame: Any, run: _Run) -> None:
+    def _take_result(self, req: dict[str, Any], frame: Any, run: Run) -> None:
         if not isinstance(frame, dict):
             run.protocol = True
             return
@@ -425,7 +424,7 @@ class Worker:
             return str(frame["error"])[:100]
         return None if stdout_matches(out, test["output"], tol) else "failed"
 
-    def _verdict(self, req: dict[str, Any], run: _Run) -> dict[str, Any]:
+    def _verdict(self, req: dict[str, Any], run: Run) -> dict[str, Any]:
         v: dict[str, Any] = {"id": req["id"], "passed": False, "status": "failed",
                              "error_type": None, "tests_passed": 0, "tests_total": 0}
         outcome: str | None = None
@@ -484,44 +483,6 @@ class Worker:
             status, etype = "error", outcome
         v["status"], v["error_type"], v["passed"] = status, etype, status == "passed"
         return v
-
-
-class _Run:
-    """The state of one sample being graded."""
-
-    def __init__(self, req: dict[str, Any]) -> None:
-        self.req = req
-        self.opened: list[int] = []
-        self.prog: Proc | None = None
-        self.judge: _Judge | None = None
-        self.res_r = self.con_r = -1
-        self.results: dict[int, dict[str, Any]] = {}
-        self.load_error: str | None = None
-        self.judge_result: Any = None
-        self.judge_broken = False
-        self.timed_out = self.output_limit = self.protocol = self.deferred = False
-        self.console = 0
-
-    def pipe(self) -> tuple[int, int]:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        self.opened.extend((r, w))
-        return r, w
-
-    def close(self, *fds: int) -> None:
-        for fd in fds:
-            os.close(fd)
-            self.opened.remove(fd)
-
-    def close_fds(self) -> None:
-        for fd in self.opened:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.opened.clear()
-
-    def complete(self) -> bool:
-        if self.req["style"] == "assert":
-            return self.judge_result is not None
-        return self.load_error is not None or len(self.results) == len(self.req["tests"])
 
 
 def _start(args: argparse.Namespace) -> tuple[Worker, dict[str, Any]]:
