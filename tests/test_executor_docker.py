@@ -82,11 +82,12 @@ def _strays(name: str) -> list[str]:
     """Processes in the grader container that are not the service's own: the server, its
     workers, their templates and judges. A sample's process (a child of a template) or
     anything it left behind (re-parented to the server) is a stray. Waits up to 5 s for
-    samples that are still being killed."""
+    samples that are still being killed. `ww`: ps cuts command lines at the width of the
+    daemon's environment otherwise (80 columns in CI), past the module names matched here."""
     deadline = time.monotonic() + 5
     while True:
         rows = [ln.split(None, 2) for ln in
-                _docker("top", name, "-eo", "pid,ppid,args").stdout.strip().splitlines()[1:]]
+                _docker("top", name, "-eo", "pid,ppid,args", "ww").stdout.strip().splitlines()[1:]]
         kind = {}
         for pid, _, args in rows:
             if "grader_sandbox serve" in args:
