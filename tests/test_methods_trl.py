@@ -31,6 +31,7 @@ REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
 # relative, on the loss (floored at |loss| = 1e-2: GRPO's loss value is ~0 by construction)
 # and on the whole gradient vector (L2 norm of the difference / norm of TRL's gradient)
 TOL = 1e-5
+MAX_NEW = 8  # TRL max_completion_length, the native max_tokens
 
 
 def _tiny_checkpoint(path: str) -> dict[str, torch.Tensor]:
@@ -103,6 +104,22 @@ def _spec(loss_agg: str, beta: float, ratio_correction: bool) -> MethodSpec | Si
     return SimpleNamespace(**{**dict(spec), "kl": kl}, arm=spec.arm)
 
 
+def _trainer(path: str, **config: object):  # -> trl.GRPOTrainer
+    """A real GRPOTrainer over the tiny checkpoint, set up for one micro-batch of P*G."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        output_dir=path + "/out", report_to=[], use_cpu=True, bf16=False,
+        num_generations=G, per_device_train_batch_size=P * G, max_completion_length=MAX_NEW,
+        save_strategy="no", **config)
+    trainer = GRPOTrainer(
+        model=path, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["t2 t3"] * (P * G)}))
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop; one micro-batch
+    return trainer
+
+
 CASES = [
     # (native loss_agg, TRL loss_type, beta, temperature, KL ratio correction)
     ("seq_mean", "grpo", 0.0, 1.0, True),
@@ -120,20 +137,11 @@ CASES = [
 def test_native_grpo_matches_trl_loss_and_gradient(
     checkpoint, loss_agg, loss_type, beta, temperature, correction, record_property
 ):
-    from datasets import Dataset
     from transformers import Qwen2ForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
 
     path, state = checkpoint
-    args = GRPOConfig(
-        output_dir=path + "/out", report_to=[], use_cpu=True, bf16=False,
-        num_generations=G, per_device_train_batch_size=P * G, max_completion_length=8,
-        beta=beta, loss_type=loss_type, temperature=temperature, save_strategy="no",
-        use_bias_correction_kl=correction)
-    trainer = GRPOTrainer(
-        model=path, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
-        train_dataset=Dataset.from_dict({"prompt": ["t2 t3"] * (P * G)}))
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop; one micro-batch
+    trainer = _trainer(path, beta=beta, loss_type=loss_type, temperature=temperature,
+                       use_bias_correction_kl=correction)
     trl_model = trainer.model.train()
 
     native = Qwen2ForCausalLM.from_pretrained(path).float().train()
@@ -187,3 +195,131 @@ def test_grpo_advantages_match_trl_group_normalisation():
     trl_adv = (flat - mean) / (std + 1e-4)  # TRL's scale_rewards="group" formula
     ours = METHODS.get("grpo")(rewards, MethodSpec(name="grpo", params={"eps": 1e-4})).reshape(-1)
     assert torch.allclose(ours, trl_adv, atol=1e-6)
+
+
+def _native_old_logp(trl_old: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """TRL's completion-aligned log-probs [N, Lc] in the harness layout [N, T-1]: completion
+    token j of sequence i (at position len(prompt_i) + j) is scored at index len(prompt_i) +
+    j - 1."""
+    out = torch.zeros(batch["input_ids"].size(0), batch["input_ids"].size(1) - 1)
+    for i in range(out.size(0)):
+        start = int(batch["completion_mask"][i].nonzero()[0]) - 1
+        n = int(batch["completion_mask"][i].sum())
+        out[i, start:start + n] = trl_old[i, :n]
+    return out
+
+
+ZOO = {
+    # id: (native MethodSpec fields, TRL GRPOConfig fields, scale of the old-policy log-prob
+    #      offset: 0 = on-policy, the ratio is 1)
+    "clip_higher": (dict(name="grpo", policy_loss="clip", loss_agg="seq_mean",
+                         policy_loss_params={"eps_low": 0.2, "eps_high": 0.28}),
+                    dict(loss_type="grpo", epsilon=0.2, epsilon_high=0.28), 0.3),
+    "clip_two_sided": (dict(name="grpo", policy_loss="clip", loss_agg="token_mean",
+                            policy_loss_params={"eps_low": 0.2, "delta": 1.5}),
+                       dict(loss_type="bnpo", epsilon=0.2, delta=1.5), 0.5),
+    "dapo": (dict(name="dapo"), dict(loss_type="dapo", epsilon=0.2, epsilon_high=0.28), 0.3),
+    "gspo": (dict(name="gspo"),
+             dict(loss_type="grpo", importance_sampling_level="sequence", epsilon=3e-4,
+                  epsilon_high=4e-4), 1e-3),
+    "dr_grpo": (dict(name="dr_grpo"), dict(loss_type="dr_grpo", epsilon=0.2), 0.3),
+    "entropy_bonus": (dict(name="grpo", loss_agg="seq_mean", entropy={"coef": 0.05}),
+                      dict(loss_type="grpo", entropy_coef=0.05), 0.0),
+    "top_entropy": (dict(name="grpo", policy_loss="clip", loss_agg="token_mean",
+                         entropy={"top_quantile": 0.2}),
+                    dict(loss_type="bnpo", top_entropy_quantile=0.2), 0.3),
+    "top_entropy_bonus": (dict(name="dapo", entropy={"coef": 0.05, "top_quantile": 0.5}),
+                          dict(loss_type="dapo", epsilon=0.2, epsilon_high=0.28,
+                               entropy_coef=0.05, top_entropy_quantile=0.5), 0.3),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(ZOO))
+def test_method_zoo_matches_trl_loss_and_gradient(checkpoint, case, record_property):
+    """Clip-higher, two-sided clipping, DAPO, GSPO's sequence ratio, Dr. GRPO's constant
+    normaliser, the entropy bonus and the top-entropy gradient, each against TRL's loss on
+    the same batch, off-policy (old log-probs != new, so the ratio and its clipping bind)."""
+    from transformers import Qwen2ForCausalLM
+
+    fields, config, offset = ZOO[case]
+    path, _ = checkpoint
+    trainer = _trainer(path, beta=0.0, **config)
+    trl_model = trainer.model.train()
+    native = Qwen2ForCausalLM.from_pretrained(path).float().train()
+    trl_in, batch = _sequences()
+    spec = MethodSpec(**fields)
+    advantages = METHODS.get(spec.name)(REWARDS, spec).reshape(-1)
+    inputs = {**trl_in, "advantages": advantages,
+              "num_items_in_batch": trl_in["completion_mask"].sum()}
+    old = None
+    if offset:
+        with torch.no_grad():
+            own, _, _ = trainer._get_per_token_logps_and_entropies(
+                trl_model, torch.cat([trl_in["prompt_ids"], trl_in["completion_ids"]], 1),
+                torch.cat([trl_in["prompt_mask"], trl_in["completion_mask"]], 1),
+                trl_in["completion_ids"].size(1))
+        g = torch.Generator().manual_seed(3)
+        inputs["old_per_token_logps"] = own + offset * torch.randn(own.shape, generator=g)
+        old = _native_old_logp(inputs["old_per_token_logps"], batch)
+
+    trl_loss = trainer.compute_loss(trl_model, inputs)
+    trl_loss.backward()
+    coef = spec.entropy.coef if spec.entropy is not None else 0.0
+    loss, metrics = compute_loss(spec, native, batch, REWARDS, old_logp=old,
+                                 entropy_coef=coef, max_tokens=MAX_NEW)
+    loss.backward()
+
+    loss_err = abs(loss.item() - trl_loss.item()) / max(abs(trl_loss.item()), 1e-2)
+    grad_err = _rel(_flat_grad(native), _flat_grad(trl_model))
+    record_property("loss_rel_err", loss_err)
+    record_property("grad_rel_err", grad_err)
+    print(f"{case}: loss {loss.item():.6g} vs {trl_loss.item():.6g} (rel {loss_err:.1e}), "
+          f"grad rel {grad_err:.1e}")
+    assert loss_err < TOL
+    assert grad_err < TOL
+    trl_metrics = trainer._metrics["train"]
+    if offset and config.get("importance_sampling_level") != "sequence":
+        # TRL counts clipped tokens; at sequence level it counts sequences, the harness tokens
+        assert metrics["clip_low_frac"] == pytest.approx(trl_metrics["clip_ratio/low_mean"][-1])
+        assert metrics["clip_high_frac"] == pytest.approx(
+            trl_metrics["clip_ratio/high_mean"][-1])
+        assert metrics["clip_low_frac"] + metrics["clip_high_frac"] > 0  # the clip binds
+    if offset:
+        assert trl_metrics["clip_ratio/region_mean"][-1] > 0 or case == "gspo"
+
+
+def test_adaptive_entropy_coefficient_follows_trl_rule(checkpoint):
+    """Skywork-OR1's adaptive entropy control: the coefficient the harness applies and keeps,
+    step after step, is TRL's (`use_adaptive_entropy`) for the same sequence of entropies."""
+    from harness.runner.update import _Entropy
+
+    path, _ = checkpoint
+    target = 3.0
+    trainer = _trainer(path, beta=0.0, loss_type="bnpo", use_adaptive_entropy=True,
+                       entropy_coef=0.02, entropy_target=target, entropy_coef_delta=0.01,
+                       entropy_coef_min=0.0, entropy_coef_max=0.03)
+    trl_model = trainer.model.train()
+    spec = MethodSpec(name="grpo", loss_agg="token_mean",
+                      entropy={"coef": 0.02, "adaptive": True, "target": target,
+                               "coef_delta": 0.01, "coef_min": 0.0, "coef_max": 0.03})
+    native = _Entropy(spec)
+    trl_in, _ = _sequences()
+    inputs = {**trl_in, "advantages": torch.zeros(P * G),
+              "num_items_in_batch": trl_in["completion_mask"].sum()}
+    head = trl_model.get_output_embeddings().weight
+    original = head.detach().clone()
+    seen_below = seen_above = False
+    for sharpness in (1.0, 50.0, 50.0, 50.0, 1.0, 1.0, 1.0, 50.0):
+        with torch.no_grad():  # a sharper or flatter head moves the entropy across the target
+            head.copy_(original * sharpness)
+        applied_trl = (trainer.entropy_coef if trainer._last_world_entropy <= target else 0.0)
+        assert native.applied() == pytest.approx(applied_trl)
+        trainer.compute_loss(trl_model, inputs)
+        entropy = trainer._metrics["train"]["entropy"][-1]
+        seen_below |= entropy <= target
+        seen_above |= entropy > target
+        native.observe(entropy)
+        assert native.coef == pytest.approx(trainer.entropy_coef)
+        assert native.last == pytest.approx(trainer._last_world_entropy)
+    assert seen_below and seen_above  # both branches of the rule were taken

@@ -192,7 +192,8 @@ def compute_loss(
             equal), completion_len (mean completion tokens), loss; and, when the policy loss
             or options produce them, the share of completion tokens of each flag
             (`clip_low_frac`, `clip_high_frac`, `cov_selected_frac`), `entropy_bonus` and
-            `entropy_tokens_frac` (tokens the policy loss acted on).
+            `entropy_tokens_frac` (tokens the policy loss acted on) with `entropy_acting`
+            (their mean entropy).
     """
     _check_inputs(spec, batch["input_ids"].size(0), rewards, ref_model, ewc)
     logp, entropy, mask = token_logprobs(
@@ -231,13 +232,15 @@ def compute_loss(
         "completion_len": float(mask.sum(-1).mean()),
         **_extra_metrics(spec, _flag_sums(terms, mask),
                          None if terms.bonus is None else float(terms.bonus.detach()),
-                         float(terms.acting.sum()), n_tokens),
+                         float(terms.acting.sum()), n_tokens,
+                         float((entropy.detach() * terms.acting).sum())),
     }
     return loss, metrics
 
 
 def _extra_metrics(spec: MethodSpec, flag_sums: dict[str, float], bonus: float | None,
-                   acting: float, n_tokens: float) -> dict[str, float]:
+                   acting: float, n_tokens: float, acting_entropy: float = 0.0
+                   ) -> dict[str, float]:
     """The metrics only some policy losses and options have (absent otherwise, so the step
     records of methods without them stay as they were)."""
     out = {f"{k}_frac": v / n_tokens for k, v in flag_sums.items()}
@@ -245,6 +248,8 @@ def _extra_metrics(spec: MethodSpec, flag_sums: dict[str, float], bonus: float |
         out["entropy_bonus"] = bonus
     if spec.entropy is not None and spec.entropy.top_quantile < 1.0:
         out["entropy_tokens_frac"] = acting / n_tokens
+        # the entropy of the tokens the policy loss acts on: what adaptive control tracks
+        out["entropy_acting"] = acting_entropy / max(acting, 1.0)
     return out
 
 
@@ -384,7 +389,7 @@ def backward_loss(
 
     sums = dict.fromkeys(("pg_loss", "kl_penalty", "ewc_penalty", "entropy", "kl_to_ref"), 0.0)
     flag_sums: dict[str, float] = {}
-    acting_sum, bonus_sum = 0.0, None
+    acting_sum, acting_entropy, bonus_sum = 0.0, 0.0, None
     for i, part in enumerate(chunks):
         # columns after the micro-batch's last real token are padding for all its rows
         width = max(int(columns[batch["attention_mask"][part].bool().any(0)].max()) + 1, 2)
@@ -411,6 +416,7 @@ def backward_loss(
         for k, v in _flag_sums(terms, mask).items():
             flag_sums[k] = flag_sums.get(k, 0.0) + v
         acting_sum += float(terms.acting.sum())
+        acting_entropy += float((entropy.detach() * terms.acting).sum())
         if terms.bonus is not None:
             bonus_sum = (bonus_sum or 0.0) + float(terms.bonus.detach())
         if ref_logp is not None:
@@ -446,7 +452,7 @@ def backward_loss(
            _masked_group_metrics(rewards, adv_pg, taking)),
         "completion_len": float(full_mask.sum(-1).float().mean()) if kept is None else
         float(full_mask.sum(-1).float()[kept].mean()) if bool(kept.any()) else math.nan,
-        **_extra_metrics(spec, flag_sums, bonus_sum, acting_sum, n_tokens),
+        **_extra_metrics(spec, flag_sums, bonus_sum, acting_sum, n_tokens, acting_entropy),
     }
 
 

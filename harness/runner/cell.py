@@ -59,7 +59,8 @@ STEP_FIELDS = ("train_reward", "entropy", "kl_to_ref", "grad_norm", "completion_
 # losses, entropy control, ProRL resets, dynamic sampling), so the records of methods
 # without these stay as they were
 OPTIONAL_STEP_FIELDS = ("clip_low_frac", "clip_high_frac", "cov_selected_frac",
-                        "entropy_bonus", "entropy_coef", "entropy_tokens_frac", "reset",
+                        "entropy_bonus", "entropy_coef", "entropy_tokens_frac", "entropy_acting",
+                        "reset",
                         "groups_kept", "sample_rounds")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Protocol
 
 import torch
@@ -120,6 +121,12 @@ class _Entropy:
         self.last = entropy
 
 
+def _observed_entropy(metrics: dict[str, float]) -> float:
+    """The entropy adaptive control tracks: that of the tokens the policy loss acts on (all
+    completion tokens, or the high-entropy ones with `top_quantile` < 1, as TRL does)."""
+    return metrics.get("entropy_acting", metrics.get("entropy", math.nan))
+
+
 def _mean_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over inner steps (nan-free ones; nan when none is finite)."""
     out: dict[str, float] = {}
@@ -186,7 +193,7 @@ class LocalUpdate:
             metrics, grad_norm = self._inner_steps(batch, reward_t, valid, coef, seed, lr)
         if self.method.entropy is not None:
             metrics["entropy_coef"] = coef
-        self.entropy.observe(metrics.get("entropy", math.nan))
+        self.entropy.observe(_observed_entropy(metrics))
         self.steps += 1
         if self._reset(lr):
             metrics["reset"] = 1.0
@@ -201,8 +208,10 @@ class LocalUpdate:
         m = self.method
         adv, taking = step_advantages(m, reward_t, valid)
         n_prompts, group = reward_t.shape
-        per = n_prompts // m.mini_batches
-        groups = [slice(j * per, (j + 1) * per) for j in range(m.mini_batches)]
+        # whole groups, as evenly as they split (dynamic sampling may keep fewer prompts than
+        # prompts_per_step, which mini_batches divides): no mini-batch is empty
+        cuts = [round(j * n_prompts / m.mini_batches) for j in range(m.mini_batches + 1)]
+        groups = [slice(a, b) for a, b in pairwise(cuts) if b > a]
         subs = [{k: v[g.start * group:g.stop * group] for k, v in batch.items()}
                 for g in groups]
         # old log-probs: mini-batch 0's from its own first pass; the others' now, before
@@ -293,7 +302,7 @@ class EngineUpdate:
             max_tokens=self.max_tokens, seed=seed)
         if self.method.entropy is not None:
             metrics["entropy_coef"] = coef
-        self.entropy.observe(metrics.get("entropy", math.nan))
+        self.entropy.observe(_observed_entropy(metrics))
         grad_norm = self.engine.step()
         return StepResult(metrics, grad_norm, mean, int(batch["completion_mask"].sum()))
 
