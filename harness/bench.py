@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.errors import UserError
+from harness.errors import PreflightError, UserError
 from harness.results import build_results
 from harness.rundir import default_run_dir, environment, write_json
 from harness.spec import Cell, Spec, expand_cells, resolved_dict, spec_hash
@@ -217,6 +217,8 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
     record_executor(run_dir, describe(executor, options))
     todo = {c.cell_id: run_dir / "cells" / c.cell_id for c in cells
             if not cell_finished(run_dir / "cells" / c.cell_id)}
+    if todo:
+        _preflight(spec)  # before anything starts: no MLflow run for a bench that cannot
     console.print(f"run directory: {run_dir}  ({len(cells) - len(todo)} of {len(cells)} cells "
                   "already finished)", markup=False, highlight=False)
     resumed: dict[str, int] = {}
@@ -316,6 +318,16 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
         console.print(f"error: cell {cid} failed: {why} (log: {run_dir / 'cells' / cid / 'log.txt'})",
                       markup=False, highlight=False)
     return run_dir, results
+
+
+def _preflight(spec: Spec) -> None:
+    """Every model and task source must load here before the first cell starts (the hub is
+    reached unless HF_HUB_OFFLINE): one error line each, exit 2, no cell started."""
+    from harness.preflight import hub_offline, problems
+
+    found = problems(spec, offline=hub_offline())
+    if found:
+        raise PreflightError("\nerror: ".join(found))
 
 
 def _prebuild_policies(spec: Spec, console: Console) -> None:

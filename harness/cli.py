@@ -81,9 +81,14 @@ def list_specs() -> None:
 @app.command()
 def validate(
     specs: Annotated[list[str], typer.Argument(help="Spec files or registered names.")],
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Also check that every model and task source loads on this machine "
+        "with no network (model files or the HF cache, dataset cache or local files).")
+    ] = False,
 ) -> None:
     """Validate specs: every problem on one line ([cyan]file:line: key.path: message[/]);
-    exit 2 if any spec is invalid."""
+    exit 2 if any spec is invalid (with --offline: or names a model or dataset that cannot
+    be loaded here)."""
     from harness.spec import expand_cells, load_spec, spec_hash
 
     failed = 0
@@ -95,6 +100,15 @@ def validate(
             for p in e.problems:
                 err.print(f"error: {p}", markup=False, highlight=False)
             continue
+        if offline:
+            from harness.preflight import problems
+
+            found = problems(spec, offline=True)
+            for p in found:
+                err.print(f"error: {path}: {p}", markup=False, highlight=False)
+            if found:
+                failed += 1
+                continue
         out.print(f"ok {path}: {spec.name}@{spec.version}, {len(expand_cells(spec))} cells, "
                   f"spec_hash {spec_hash(spec)}", markup=False, highlight=False)
     if failed:
@@ -107,7 +121,9 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the grid as JSON.")] = False,
 ) -> None:
     """Show a spec's grid: one row per cell (cell_id, model, method, controller, seed,
-    campaigns, steps) and the spec hash."""
+    campaigns, steps), the spec hash, each method as resolved (its params and its policy
+    loss's with their defaults, the aggregation, inner steps, options) and how the update
+    runs."""
     from harness.spec import expand_cells, load_spec, spec_hash
 
     s, _ = load_spec(spec)
@@ -117,6 +133,7 @@ def plan(
         doc = {
             "spec": s.name, "version": s.version, "spec_hash": h, "n_cells": len(cells),
             "distributed": s.resources.distributed, "gpus_per_cell": s.resources.gpus_per_cell,
+            "methods": [m.resolved() for m in s.methods],
             "cells": [{**c.keys(), "campaigns": s.chain.campaigns, "steps": s.chain.steps}
                       for c in cells],
         }
@@ -133,6 +150,8 @@ def plan(
         table.add_row(k["cell_id"], k["model"], k["method"], k["controller"], str(c.seed),
                       str(s.chain.campaigns), str(s.chain.steps))
     out.print(table)
+    for m in s.methods:
+        out.print(f"method {m.describe()}", markup=False, highlight=False)
     o, batch = s.optim, s.rollout.group_size * s.rollout.prompts_per_step
     passes = (f"micro-batches of {o.micro_batch_size} of the {batch} sequences a step"
               if o.micro_batch_size and o.micro_batch_size < batch

@@ -44,3 +44,10 @@ class CannotEvaluate(UserError):
     traces, a malformed baseline): exit 2, never the gate's 1 (a gated comparison fails)."""
 
     exit_code = 2
+
+
+class PreflightError(UserError):
+    """A model or task source a spec names cannot be loaded on this machine (found before any
+    cell starts): like a spec error, exit 2."""
+
+    exit_code = 2

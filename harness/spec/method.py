@@ -199,3 +199,33 @@ class MethodSpec(_Strict):
         return self.mu * self.mini_batches
 
 
+
+    def resolved(self) -> dict[str, Any]:
+        """Every field, defaults included (the serialised spec leaves the newer ones out while
+        they hold their default), and the arm's name: what `harness plan --json` shows."""
+        data = self.model_dump(mode="json")
+        for key in _OMIT_WHEN_DEFAULT:
+            value = getattr(self, key)
+            data[key] = value.model_dump(mode="json") if isinstance(value, _Strict) else value
+        return {"arm": self.arm, **data}
+
+    def describe(self) -> str:
+        """One line with everything the method resolved to: its params and the policy loss's
+        (defaults filled in), the aggregation, inner steps and every option that is on."""
+
+        def kv(d: dict[str, Any]) -> str:
+            return ", ".join(f"{k}={v}" for k, v in d.items())
+
+        parts = [f"{self.arm}: {self.name}" + (f"({kv(self.params)})" if self.params else ""),
+                 f"loss {self.policy_loss}" + (f"({kv(self.policy_loss_params)})"
+                                               if self.policy_loss_params else ""),
+                 f"agg {self.loss_agg}"]
+        if self.inner_steps > 1:
+            parts.append(f"mu {self.mu} x mini_batches {self.mini_batches}")
+        for name in ("kl", "ewc", "entropy", "dynamic_sampling", "overlong", "resets"):
+            opt = getattr(self, name)
+            if opt is not None:
+                parts.append(f"{name}({kv(opt.model_dump())})")
+        if self.placebo:
+            parts.append("placebo rewards")
+        return "; ".join(parts)
