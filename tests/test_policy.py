@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,31 @@ def test_unknown_hub_id_offline_is_a_user_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match=r"cannot be loaded offline.*local directory"):
         load_policy(ModelSpec(id="harness-test/no-such-model"))
+
+
+def test_tiny_build_writes_save_pretrained_files_without_importing_deepspeed(tmp_path: Path):
+    """The build writes what `save_pretrained` would, byte for byte, without importing
+    DeepSpeed (save_pretrained does, through accelerate, and DeepSpeed prints an accelerator
+    warning into every CPU run that builds the policy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from harness.policy.tiny import ensure_tiny; "
+            "from harness.spec.schema import TinyRecipe; "
+            f"p = ensure_tiny(TinyRecipe(**json.loads({RECIPE.model_dump_json()!r}))); "
+            "print(p); print('deepspeed' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "HARNESS_CACHE": str(tmp_path / "c"),
+                                         "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    built, imported = r.stdout.split()
+    assert imported == "False"
+    assert "real_accelerator" not in r.stdout + r.stderr
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(built)
+    model.generation_config = type(model.generation_config).from_pretrained(built)
+    ref = tmp_path / "ref"
+    model.save_pretrained(ref)
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        assert (Path(built) / name).read_bytes() == (ref / name).read_bytes(), name

@@ -231,6 +231,24 @@ def _train(recipe: TinyRecipe, tokenizer: Any, progress: Progress | None = None,
     return model, loss_value
 
 
+def _save_model(model: Any, out: Path) -> None:
+    """The files `save_pretrained` writes for this model (config.json, generation_config.json,
+    model.safetensors with the tied lm_head left out, metadata format=pt), byte for byte,
+    without `save_pretrained` itself: it imports DeepSpeed through accelerate, which prints
+    an accelerator warning into every CPU run that builds the policy."""
+    from safetensors.torch import save_file
+
+    model.config.architectures = [type(model).__name__]  # as save_pretrained records them
+    model.config.dtype = next(model.parameters()).dtype
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file({k: v.detach().contiguous() for k, v in state.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _build(recipe: TinyRecipe, out: Path, progress: Progress | None) -> None:
     t0 = time.perf_counter()
     from harness.policy.tokenizer import build_char_tokenizer
@@ -241,10 +259,7 @@ def _build(recipe: TinyRecipe, out: Path, progress: Progress | None) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Writing model shards" bars would clutter `bench`
-    model.save_pretrained(out)
+    _save_model(model, out)
     tokenizer.save_pretrained(out)
     meta = {
         "recipe": recipe.model_dump(mode="json"), "recipe_hash": recipe_hash(recipe),
