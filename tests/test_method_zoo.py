@@ -171,8 +171,10 @@ def test_each_option_records_its_fields_in_a_real_cell(tmp_path: Path, pool):
         assert 0 <= r["groups_kept"] <= 4 and 0 <= r["sample_rounds"] <= 3
         if r["groups_kept"]:
             for key in ("clip_low_frac", "clip_high_frac", "entropy_tokens_frac",
-                        "entropy_acting", "entropy_coef", "entropy_bonus"):
+                        "entropy_acting", "entropy_coef"):
                 assert math.isfinite(r[key]), (key, r)
+            # adaptive: no bonus before an entropy at or below the target has been seen
+            assert ("entropy_bonus" in r) == (r["step"] > 1 and r["entropy_coef"] > 0), r
             assert 0 < r["entropy_tokens_frac"] <= 1
     # adaptive: the coefficient moves by coef_delta from step to step (entropy is far below
     # the target of 1 nat, so it rises)
