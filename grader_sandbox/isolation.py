@@ -250,6 +250,32 @@ def build_view(scratch: str) -> str:
     return view
 
 
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+
+
+def clear_dir_marks(path: str) -> None:
+    """Reset what a sample can leave on a directory it owns besides its entries, mode and
+    times: extended attributes (tmpfs keeps user.*) and inode flags (FS_IOC_SETFLAGS: nodump,
+    noatime, ...). Raises OSError when one cannot be cleared (the caller must not reuse the
+    directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in os.listxattr(fd):
+            os.removexattr(fd, name)
+        try:
+            flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(4)), "little")
+        except OSError as exc:  # a filesystem without inode flags: nothing to reset
+            if exc.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            flags = 0
+        if flags:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, bytes(4))
+        if os.listxattr(fd):
+            raise OSError(errno.EPERM, f"extended attributes of {path} cannot be removed")
+    finally:
+        os.close(fd)
+
+
 def empty_dir(path: str) -> int:
     """Remove everything under ``path`` (kept itself), without recursion and without
     following links: non-empty directories are flattened (their entries renamed up into

@@ -49,6 +49,7 @@ from grader_sandbox.isolation import (
     SeccompFilters,
     WorkerIsolation,
     build_seccomp_filters,
+    clear_dir_marks,
     empty_dir,
     layers,
     setup_worker,
@@ -195,8 +196,9 @@ class Worker:
             try:
                 if os.listdir(self.work):
                     empty_dir(self.work)
-                os.chmod(self.work, 0o700)  # nothing of the sample's, not even /work's mode
-                os.utime(self.work, (0, 0))  # or times, reaches the next sample
+                clear_dir_marks(self.work)  # nothing of the sample's: not /work's xattrs
+                os.chmod(self.work, 0o700)  # or inode flags, its mode
+                os.utime(self.work, (0, 0))  # or its times reaches the next sample
             except OSError:
                 # A /work that cannot be emptied must not reach another sample: end this worker
                 # (the pool replaces it; a sample in flight is reported as WorkerDied).
