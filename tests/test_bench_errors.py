@@ -28,29 +28,34 @@ def _harness(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=1200)
 
 
-def test_missing_local_model_fails_the_cell_with_one_line(tmp_path: Path) -> None:
+def test_missing_local_model_is_refused_before_any_cell_with_one_line(tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(model=str(tmp_path / "no-such-model")))
     r = _harness("bench", str(spec), "--out", str(tmp_path / "run"))
-    assert r.returncode == 1
+    assert r.returncode == 2  # like a spec error: found before any cell starts
     out = r.stdout + r.stderr
     assert "Traceback" not in out
     errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, out
-    assert "no-such-model" in errors[0] and "failed" in errors[0]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["cells"][0]["status"] == "failed"
-    assert "no-such-model" in results["cells"][0]["error"]
+    assert "no-such-model" in errors[0] and "does not exist" in errors[0]
+    assert not list((tmp_path / "run").glob("cells/*/trace.jsonl"))  # no cell started
 
 
 def test_unknown_hub_model_offline(tmp_path: Path) -> None:
+    import os
+
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(model="nobody-here/not-a-model"))
-    r = _harness("bench", str(spec), "--out", str(tmp_path / "run"))
-    assert r.returncode == 1
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=1200,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1",
+                            "HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 2
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "nobody-here/not-a-model" in errors[0]
+    assert "not in the HF cache" in errors[0]
     assert "Traceback" not in r.stdout + r.stderr
+    assert not list((tmp_path / "run").glob("cells/*/trace.jsonl"))
 
 
 def test_out_dir_of_another_spec_is_refused(tmp_path: Path) -> None:
