@@ -92,6 +92,20 @@ def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for _, p in sorted(model.named_parameters())])
 
 
+def _assert_agree(label: str, loss: torch.Tensor, trl_loss: torch.Tensor,
+                  native: torch.nn.Module, trl_model: torch.nn.Module, record_property) -> None:
+    """The native loss and gradient equal TRL's within TOL (relative; the loss floored at
+    |loss| = 1e-2), recorded as test properties."""
+    loss_err = abs(loss.item() - trl_loss.item()) / max(abs(trl_loss.item()), 1e-2)
+    grad_err = _rel(_flat_grad(native), _flat_grad(trl_model))
+    record_property("loss_rel_err", loss_err)
+    record_property("grad_rel_err", grad_err)
+    print(f"{label}: loss {loss.item():.6g} vs {trl_loss.item():.6g} (rel {loss_err:.1e}), "
+          f"grad rel {grad_err:.1e}")
+    assert loss_err < TOL
+    assert grad_err < TOL
+
+
 def _spec(loss_agg: str, beta: float, ratio_correction: bool) -> MethodSpec | SimpleNamespace:
     if beta == 0:
         return MethodSpec(name="grpo", loss_agg=loss_agg)
@@ -171,14 +185,8 @@ def test_native_grpo_matches_trl_loss_and_gradient(
                                  temperature=temperature)
     loss.backward()
 
-    loss_err = abs(loss.item() - trl_loss.item()) / max(abs(trl_loss.item()), 1e-2)
-    grad_err = _rel(_flat_grad(native), _flat_grad(trl_model))
-    record_property("loss_rel_err", loss_err)
-    record_property("grad_rel_err", grad_err)
-    print(f"{loss_type} beta={beta} T={temperature} corr={correction}: loss {loss.item():.6g} vs "
-          f"{trl_loss.item():.6g} (rel {loss_err:.1e}), grad rel {grad_err:.1e}")
-    assert loss_err < TOL
-    assert grad_err < TOL
+    _assert_agree(f"{loss_type} beta={beta} T={temperature} corr={correction}", loss, trl_loss,
+                  native, trl_model, record_property)
     if beta > 0:
         trl_kl = trainer._metrics["train"]["kl"][-1]
         assert metrics["kl_to_ref"] == pytest.approx(trl_kl, rel=1e-4)
@@ -270,14 +278,7 @@ def test_method_zoo_matches_trl_loss_and_gradient(checkpoint, case, record_prope
                                  entropy_coef=coef, max_tokens=MAX_NEW)
     loss.backward()
 
-    loss_err = abs(loss.item() - trl_loss.item()) / max(abs(trl_loss.item()), 1e-2)
-    grad_err = _rel(_flat_grad(native), _flat_grad(trl_model))
-    record_property("loss_rel_err", loss_err)
-    record_property("grad_rel_err", grad_err)
-    print(f"{case}: loss {loss.item():.6g} vs {trl_loss.item():.6g} (rel {loss_err:.1e}), "
-          f"grad rel {grad_err:.1e}")
-    assert loss_err < TOL
-    assert grad_err < TOL
+    _assert_agree(case, loss, trl_loss, native, trl_model, record_property)
     trl_metrics = trainer._metrics["train"]
     if offset and config.get("importance_sampling_level") != "sequence":
         # TRL counts clipped tokens; at sequence level it counts sequences, the harness tokens
