@@ -321,7 +321,8 @@ def test_compute_loss_reports_every_metric(batch):
     loss, m = compute_loss(MethodSpec(name="rloo", loss_agg="token_mean"), model, batch, rewards)
     assert loss.dim() == 0 and loss.requires_grad
     assert set(m) == {"loss", "pg_loss", "kl_to_ref", "kl_penalty", "ewc_penalty", "entropy",
-                      "adv_mean", "adv_abs_mean", "zero_var_groups", "completion_len"}
+                      "adv_mean", "adv_abs_mean", "zero_var_groups", "completion_len",
+                      "logp_adv_cov"}
     assert m["zero_var_groups"] == 0.5
     assert m["completion_len"] == pytest.approx(29 / 8)
     assert math.isnan(m["kl_to_ref"])
@@ -329,6 +330,14 @@ def test_compute_loss_reports_every_metric(batch):
     adv = torch.tensor([0, 0, 0, 0, -1, 1 / 3, 1 / 3, 1 / 3])
     assert m["adv_mean"] == pytest.approx(0.0, abs=1e-7)
     assert m["adv_abs_mean"] == pytest.approx(adv.abs().mean().item())
+    # Cov(logp, A) over the completion tokens, each token carrying its sequence's advantage
+    logp, _, mask = token_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                   batch["completion_mask"])
+    on = mask.bool()
+    x, a = logp.detach()[on], adv.unsqueeze(1).expand_as(logp)[on]
+    want = float(((x - x.mean()) * (a - a.mean())).mean())
+    assert m["logp_adv_cov"] == pytest.approx(want, rel=1e-5, abs=1e-8)
+    assert m["logp_adv_cov"] != 0.0
     with pytest.raises(ValueError, match="P\\*G"):
         compute_loss(MethodSpec(name="rloo"), model, batch, rewards[:1])
 

@@ -10,7 +10,7 @@ branches on a method's name.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,25 @@ Optimizer = torch.optim.Optimizer | MasterWeightsAdamW
 
 def _masked_mean(x: Tensor, mask: Tensor) -> float:
     return float((x * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def _cov_sums(logp: Tensor, adv: Tensor, mask: Tensor) -> dict[str, float]:
+    """The sums behind Cov(logp, A) over completion tokens (`logp_adv_cov`): sum of logp*A,
+    of logp, of A and the token count, so micro-batches and ranks add up before dividing."""
+    lp = logp.detach() * mask
+    a = adv.detach().reshape(-1, 1).to(lp) * mask
+    return {"cov_la": float((lp * a).sum()), "cov_l": float(lp.sum()),
+            "cov_a": float(a.sum()), "cov_n": float(mask.sum())}
+
+
+def _cov(sums: Mapping[str, float]) -> float:
+    """Cov(logp, A) over completion tokens from `_cov_sums` (nan without a token): the
+    token-level covariance whose sign says whether the update lowers the entropy (positive:
+    confident tokens get the larger advantages; Cui et al. 2025, arXiv 2505.22617)."""
+    n = sums["cov_n"]
+    if n <= 0:
+        return math.nan
+    return sums["cov_la"] / n - (sums["cov_l"] / n) * (sums["cov_a"] / n)
 
 
 def _check_inputs(spec: MethodSpec, n_seq: int, rewards: Tensor, ref_model: nn.Module | None,
@@ -189,7 +208,9 @@ def compute_loss(
         metrics: pg_loss, kl_to_ref (nan without a reference), kl_penalty, ewc_penalty (the
             weighted terms added to the loss, 0 when off), entropy (mean per completion token),
             adv_mean, adv_abs_mean, zero_var_groups (fraction of prompts whose G rewards are all
-            equal), completion_len (mean completion tokens), loss; and, when the policy loss
+            equal), completion_len (mean completion tokens), logp_adv_cov (Cov(logp, A) over
+            completion tokens: positive when the update makes the policy more certain), loss;
+            and, when the policy loss
             or options produce them, the share of completion tokens of each flag
             (`clip_low_frac`, `clip_high_frac`, `cov_selected_frac`), `entropy_bonus` and
             `entropy_tokens_frac` (tokens the policy loss acted on) with `entropy_acting`
@@ -230,6 +251,7 @@ def compute_loss(
         "entropy": _masked_mean(entropy.detach(), mask),
         **_group_metrics(rewards, advantages),
         "completion_len": float(mask.sum(-1).mean()),
+        "logp_adv_cov": _cov(_cov_sums(logp, adv, mask)),
         **_extra_metrics(spec, _flag_sums(terms, mask),
                          None if terms.bonus is None else float(terms.bonus.detach()),
                          float(terms.acting.sum()), n_tokens,
@@ -387,7 +409,8 @@ def backward_loss(
     columns = torch.arange(batch["attention_mask"].size(1), device=full_mask.device)
     n_tokens = max(float(full_mask.sum()), 1.0)
 
-    sums = dict.fromkeys(("pg_loss", "kl_penalty", "ewc_penalty", "entropy", "kl_to_ref"), 0.0)
+    sums = dict.fromkeys(("pg_loss", "kl_penalty", "ewc_penalty", "entropy", "kl_to_ref",
+                          "cov_la", "cov_l", "cov_a", "cov_n"), 0.0)
     flag_sums: dict[str, float] = {}
     acting_sum, acting_entropy, bonus_sum = 0.0, 0.0, None
     for i, part in enumerate(chunks):
@@ -413,6 +436,8 @@ def backward_loss(
         loss = terms.total()
         sums["pg_loss"] += float(terms.pg.detach())
         sums["entropy"] += float((entropy.detach() * mask).sum())
+        for k, v in _cov_sums(logp, adv[part], mask).items():
+            sums[k] += v
         for k, v in _flag_sums(terms, mask).items():
             flag_sums[k] = flag_sums.get(k, 0.0) + v
         acting_sum += float(terms.acting.sum())
@@ -452,6 +477,7 @@ def backward_loss(
            _masked_group_metrics(rewards, adv_pg, taking)),
         "completion_len": float(full_mask.sum(-1).float().mean()) if kept is None else
         float(full_mask.sum(-1).float()[kept].mean()) if bool(kept.any()) else math.nan,
+        "logp_adv_cov": _cov(sums),
         **_extra_metrics(spec, flag_sums, bonus_sum, acting_sum, n_tokens, acting_entropy),
     }
 

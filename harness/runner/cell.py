@@ -54,7 +54,7 @@ Progress = Callable[[dict[str, Any]], None]
 # None on step 0 and for a value that is not finite
 STEP_FIELDS = ("train_reward", "entropy", "kl_to_ref", "grad_norm", "completion_len",
                "zero_var_groups", "loss", "pg_loss", "kl_penalty", "ewc_penalty", "adv_mean",
-               "tokens_generated")
+               "tokens_generated", "logp_adv_cov")
 # what a step record keeps only when the method produces it (clipping shares of the clipped
 # losses, entropy control, ProRL resets, dynamic sampling), so the records of methods
 # without these stay as they were
