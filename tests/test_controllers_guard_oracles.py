@@ -25,7 +25,7 @@ from harness.guard.tune import OFF as ALL_OFF
 
 LR = 1e-6
 # every signal off, with the eval-drop margin these hand-made curves were drawn for
-OFF = {**ALL_OFF, "drop_delta": 0.05}
+OFF = {**ALL_OFF, "drop_delta": 0.05, "min_rise": None}  # armed from the start
 # the three-signal rule these hand-made curves were drawn for (not the tuned defaults)
 RULE = {**OFF, "entropy_frac": 0.5, "kl_jump": 0.05, "drop_confidence": 0.9}
 

@@ -14,8 +14,8 @@ from harness.guard.score import Campaign, score, totals
 from harness.guard.stream import GuardStream, guard_stream, to_record
 from harness.guard.tune import OFF, tune
 
-# every signal off: a test switches on the one it checks
-NONE = GuardParams(**OFF)
+# every signal off, armed from the start: a test switches on the one it checks
+NONE = GuardParams(**OFF, min_rise=None)
 
 
 def _recs(**cols: list[Any]) -> list[dict[str, Any]]:
@@ -32,7 +32,8 @@ def test_every_signal_is_registered_and_documented() -> None:
     import harness.guard.signals as mod
 
     assert set(SIGNALS.names()) == {"eval_drop", "entropy_level", "entropy_slope", "kl_jump",
-                                    "zero_var", "length_drift", "truncated", "reward_gap"}
+                                    "zero_var", "length_drift", "truncated", "reward_gap",
+                                    "covariance"}
     for name in SIGNALS.names():
         assert f"`{name}`" in mod.__doc__, name
 
@@ -47,6 +48,37 @@ def test_eval_drop_fires_only_on_a_credible_drop_below_the_running_peak() -> Non
     # with few samples the same values are credible only for the largest drop
     few = [{**r, "eval_samples": 10} for r in recs]
     assert _fires("eval_drop", few, drop_delta=0.05, drop_confidence=0.9) == [4]
+
+
+def test_covariance_fires_above_its_threshold_and_skips_missing_values() -> None:
+    recs = _recs(logp_adv_cov=[None, 0.01, 0.04, float("nan"), 0.2, 0.03])
+    assert _fires("covariance", recs, cov_max=0.035) == [2, 4]
+    assert _fires("covariance", recs, cov_max=0.1) == [4]
+    assert _fires("covariance", recs) == []  # off
+
+
+def test_the_early_warnings_are_armed_only_once_eval_has_risen_above_its_start() -> None:
+    # a warning before any gain has nothing to protect: with min_rise it stays quiet
+    flat = _recs(eval_pass1=[0.5, 0.5, 0.52, 0.5, 0.5], logp_adv_cov=[None, 0.02, 0.02, 0.02, 0.02],
+                 eval_samples=[480] * 5)
+    cov = {"cov_max": 0.01}
+    assert guard_trigger(flat, NONE.model_copy(update=cov)) is not None
+    assert guard_trigger(flat, NONE.model_copy(update={**cov, "min_rise": 0.05})) is None
+    # a rise of 6 points arms it at step 1, where the covariance fires
+    rise = _recs(eval_pass1=[0.5, 0.56, 0.5, 0.3, 0.1], logp_adv_cov=[None, 0.02, 0, 0, 0],
+                 eval_samples=[480] * 5)
+    hit = guard_trigger(rise, NONE.model_copy(update={**cov, "min_rise": 0.05}))
+    assert hit is not None and hit[0] == 1 and "covariance" in hit[1]
+    # the eval drop is not gated: a campaign that only falls (one that starts at its ceiling
+    # after a roll-back) is still stopped once the fall is credible
+    fall = _recs(eval_pass1=[0.5, 0.5, 0.45, 0.3, 0.1], eval_samples=[480] * 5)
+    drop = {"drop_delta": 0.05, "drop_confidence": 0.9, "min_rise": 0.05}
+    hit = guard_trigger(fall, NONE.model_copy(update=drop))
+    assert hit is not None and hit[0] == 3 and "eval drop" in hit[1]
+    # without eval values a stream is always armed (only training-side signals exist there)
+    no_eval = _recs(train_reward=[0.5, 0.9, 0.9], zero_var_groups=[0.1, 0.9, 0.9])
+    hit = guard_trigger(no_eval, NONE.model_copy(update={"zero_var": 0.5, "min_rise": 0.05}))
+    assert hit is not None and hit[0] == 1
 
 
 def test_entropy_level_and_slope() -> None:
@@ -126,8 +158,11 @@ def test_tune_picks_the_signal_that_separates_and_respects_the_false_alarm_budge
     # later and less; a drop of eval pass@1 itself only shows at the onset (too late)
     warn = [1.0, 1.0, 1.0, 0.9, 0.45, 0.3, 0.2, 0.1]
     mild = [1.0, 1.0, 1.0, 1.0, 0.9, 0.8, 0.7, 0.65]
+    # the flat campaigns rise 12 points (no fall): they arm the guard, so arming alone
+    # cannot tell them from the collapses
+    risen = [0.4, 0.52, 0.5, 0.48, 0.52, 0.5, 0.52, 0.5]
     cs = [_campaign(COLLAPSE, warn, k) for k in range(4)] + \
-         [_campaign(FLAT, mild, 4 + k) for k in range(6)]
+         [_campaign(risen, mild, 4 + k) for k in range(6)]
     out = tune(cs, max_signals=1)
     assert out["signals"] == ["entropy_level"]
     assert out["totals"]["caught"] == 4 and out["totals"]["false_alarm"] == 0
@@ -225,20 +260,26 @@ def test_the_defaults_score_on_the_calibration_traces_as_documented() -> None:
     cs = _fixture_campaigns()
     t = score(cs)["totals"]  # docs/guard.md, "The defaults, and how they were chosen"
     assert (t["campaigns"], t["signature"], t["no_signature"]) == (60, 25, 35)
-    assert (t["caught"], t["late"], t["missed"], t["false_alarm"]) == (16, 9, 0, 14)
-    assert (t["median_lead_time"], t["before_peak"]) == (3, 11)
+    assert (t["caught"], t["late"], t["missed"], t["false_alarm"]) == (23, 2, 0, 14)
+    assert (t["median_lead_time"], t["before_peak"]) == (5, 19)
+    # unarmed (min_rise None) the same signals also fire in the campaigns that only fall
+    unarmed = score(cs, GuardParams(min_rise=None))["totals"]
+    assert unarmed["caught"] >= t["caught"] and unarmed["false_alarm"] > t["false_alarm"]
 
 
 @pytest.mark.slow
 def test_tuning_on_the_calibration_traces_gives_the_defaults_and_the_documented_front() -> None:
     cs = _fixture_campaigns()
     at_40 = tune(cs, max_false_alarm_share=0.4)
-    assert GuardParams(**at_40["params"]) == GuardParams()
-    assert at_40["searched"] == 2470
-    at_10 = tune(cs)  # the objective: nothing is caught within it
-    assert at_10["signals"] == [] and at_10["totals"]["caught"] == 0
+    # the defaults are that rule's early warnings plus the eval-drop backstop (docs/guard.md)
+    assert at_40["signals"] == ["kl_jump", "covariance"]
+    assert GuardParams(**{**at_40["params"], "drop_confidence": 0.95}) == GuardParams()
+    assert at_40["searched"] == 9838
+    at_10 = tune(cs)  # the objective: 7 of 25 caught within it
+    assert at_10["signals"] == ["length_drift", "covariance"]
+    assert (at_10["totals"]["caught"], at_10["totals"]["false_alarm"]) == (7, 3)
     front = {p["false_alarms"]: p["caught"] for p in at_10["front"]}
-    assert [front.get(f) for f in (0, 8, 12, 14, 16)] == [0, 6, 13, 16, 21]
+    assert [front.get(f) for f in (0, 1, 3, 6, 8, 11, 16)] == [1, 5, 7, 14, 20, 23, 25]
 
 
 def _cell_dir(tmp_path: Any, name: str, curve: list[float], controller: str = "naive") -> Any:

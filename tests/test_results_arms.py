@@ -30,13 +30,15 @@ def _cfg(controller: dict[str, Any] | None = None) -> CellConfig:
     return CellConfig.from_dict(cell.cell_id, raw)
 
 
-def _trace(curves: list[list[float]], final: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _trace(curves: list[list[float]], final: dict[str, Any] | None,
+           covs: dict[int, list[float]] | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for k, curve in enumerate(curves):
         out.append({"type": "plan", "campaign": k, "start_from": "init", "budget": 5, "lr": 1.0,
                     "reason": "", "numbers": {}})
-        out += [{"type": "step", "campaign": k, "step": s, "eval_pass1": v}
-                for s, v in enumerate(curve)]
+        cov = (covs or {}).get(k, [0.0] * len(curve))
+        out += [{"type": "step", "campaign": k, "step": s, "eval_pass1": v,
+                 "logp_adv_cov": c} for s, (v, c) in enumerate(zip(curve, cov, strict=True))]
         out.append({"type": "campaign", **summarise(k, curve, budget=5, start_from="init", lr=1.0,
                                                     collapse_threshold=0.2).to_dict()})
     if final is not None:
@@ -44,7 +46,10 @@ def _trace(curves: list[list[float]], final: dict[str, Any] | None) -> list[dict
     return out
 
 
-COLLAPSE = [0.5, 0.5, 0.1, 0.1]      # a credible drop at step 2, the onset: lead time 0
+# a rise to 0.6 at step 1 (arming the default guard) with a log-prob/advantage covariance
+# above its threshold: it fires at step 1, one step before the onset (step 2)
+COLLAPSE = [0.5, 0.6, 0.1, 0.1]
+COLLAPSE_COV = [0.0, 0.01, 0.0, 0.0]
 CLEAN = [0.2, 0.3, 0.4]
 
 
@@ -54,14 +59,14 @@ def test_result_has_guard_report_and_the_final_records_oracles() -> None:
     final = {"carried_from": "c1:last", "reason": "", "pass1_test": 0.1, "test_passes": 1,
              "pass1_eval": 0.4, "oracles": oracles}
     # an unfinished campaign's steps (no campaign record) are left out of the report
-    records = [*_trace([COLLAPSE, CLEAN], final),
+    records = [*_trace([COLLAPSE, CLEAN], final, {0: COLLAPSE_COV}),
                {"type": "step", "campaign": 2, "step": 0, "eval_pass1": 0.9}]
     res = build_result(_cfg(), records)
     assert res["oracles"] == oracles
     g = res["guard"]
     assert g["params"] == GuardParams().model_dump(mode="json") and g["threshold"] == 0.2
     assert [(c["campaign"], c["trigger_step"], c["collapsed"], c["onset"], c["lead_time"])
-            for c in g["campaigns"]] == [(0, 2, True, 2, 0), (1, None, False, None, None)]
+            for c in g["campaigns"]] == [(0, 1, True, 2, 1), (1, None, False, None, None)]
     assert g["summary"]["caught"] == 1 and g["summary"]["false_alarms"] == 0
     # a trace written before oracles existed, and one without a final record
     del final["oracles"]

@@ -77,7 +77,8 @@ def _on(params: dict[str, Any]) -> str:
              if params.get("drop_confidence" if k == "drop_delta" else "entropy_slope")
              is not None}
     on += "".join(f", {k}={v}" for k, v in extra.items())
-    return f"{on or 'every signal off'} (min_step {params['min_step']})"
+    arm = "" if params.get("min_rise") is None else f", min_rise {params['min_rise']}"
+    return f"{on or 'every signal off'} (min_step {params['min_step']}{arm})"
 
 
 @guard_app.command()

@@ -14,9 +14,12 @@ reads (each skipped where it is missing or not finite):
 | `length_drift` | abs(completion_len_t / completion_len at the start - 1) > length_drift | completion_len |
 | `truncated` | share of train completions cut at max_new_tokens > truncated | verdicts.train.truncated / grading.train_samples, or truncated_share |
 | `reward_gap` | train_reward_t - eval_pass1_t > reward_gap (the policy does better on what it trains on than on held-out problems) | train_reward, eval_pass1 |
+| `covariance` | Cov(token log-prob, advantage) of the update > cov_max (the entropy-dynamics signal of arXiv 2505.22617: a positive covariance drives entropy down) | logp_adv_cov |
 
 Each signal has one or two parameters in `GuardParams`; a signal whose main parameter is None
-is off. The guard fires at the first step (>= min_step) where any enabled signal fires.
+is off. The guard fires at the first step (>= min_step) where any enabled signal fires; with
+`min_rise`, the early warnings (all but `eval_drop`) only once eval pass@1 has risen that much
+above the campaign's start (`armed`).
 
 Our reading: the signals come from the literature and from what peers log (entropy and KL in
 verl, TRL and OpenRLHF; the zero-variance share of DAPO's dynamic sampling; truncation and
@@ -190,3 +193,33 @@ def reward_gap(records: Records, t: int, p: Any) -> str | None:
     if tr is None or ev is None or not tr - ev > p.reward_gap:
         return None
     return f"train/eval divergence: train reward {tr:.3f} - eval {ev:.3f} > {p.reward_gap}"
+
+
+@SIGNALS.register("covariance")
+def covariance(records: Records, t: int, p: Any) -> str | None:
+    """The update's Cov(token log-prob, advantage) above cov_max: the policy is being pushed
+    hardest towards what it is already sure of, which lowers its entropy (Cui et al. 2025,
+    arXiv 2505.22617, eq. 2: the entropy change is about -lr x this covariance)."""
+    if p.cov_max is None or (now := finite(records[t], "logp_adv_cov")) is None:
+        return None
+    if not now > p.cov_max:
+        return None
+    return f"log-prob/advantage covariance: {now:.4g} > {p.cov_max}"
+
+
+# signals that fire whether or not the guard is armed: a credible fall of eval pass@1 itself
+# (below the start when nothing rose) is worth stopping on, while the early warnings only
+# mean something once there is a gain to protect
+UNGATED = ("eval_drop",)
+
+
+def armed(records: Records, t: int, p: Any) -> bool:
+    """Whether the early-warning signals (all but `UNGATED`) may fire at position t: always
+    with `min_rise` None; else once eval pass@1 has risen at least `min_rise` above its
+    campaign-start value at some step up to t (a warning before any gain would stop a
+    campaign that has nothing to lose yet). A stream without any eval value is always armed
+    (only its training-side signals can fire)."""
+    if p.min_rise is None:
+        return True
+    curve = [v for r in records[:t + 1] if (v := finite(r, "eval_pass1")) is not None]
+    return not curve or max(curve) - curve[0] >= p.min_rise

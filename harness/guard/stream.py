@@ -35,6 +35,7 @@ KEYS: dict[str, tuple[str, ...]] = {
                        "response_length/mean", "train/response_length"),
     "truncated_share": ("truncated_share", "completions/clipped_ratio",
                         "response_length/clip_ratio"),
+    "logp_adv_cov": ("logp_adv_cov",),
 }
 
 

@@ -3,8 +3,8 @@
 The guard fires at the first step where any enabled signal fires, so a rule's trigger on a
 campaign is the earliest first-firing step of its signals. `tune` computes, once per campaign,
 the steps at which each signal fires under each candidate setting (`SEARCH`), then scores every
-rule of at most `max_signals` enabled signals (each at one of its settings) and `min_step`
-from `MIN_STEPS`, by the objective:
+rule of at most `max_signals` enabled signals (each at one of its settings), `min_step` from
+`MIN_STEPS` and `min_rise` from `MIN_RISES` (when the guard is armed), by the objective:
 
 1. false alarms at most `max_false_alarm_share` of the campaigns without the signature
    (rules over the budget are out, unless none is within it: then the fewest false alarms);
@@ -24,7 +24,7 @@ from typing import Any
 
 from harness.guard.rule import GuardParams
 from harness.guard.score import MIN_LEAD, Campaign, score, shape
-from harness.guard.signals import SIGNALS
+from harness.guard.signals import SIGNALS, UNGATED, armed
 
 # candidate settings per signal: the GuardParams fields each one sets
 SEARCH: dict[str, list[dict[str, Any]]] = {
@@ -38,17 +38,27 @@ SEARCH: dict[str, list[dict[str, Any]]] = {
     "length_drift": [{"length_drift": d} for d in (0.2, 0.35, 0.5)],
     "truncated": [{"truncated": s} for s in (0.05, 0.1, 0.3)],
     "reward_gap": [{"reward_gap": g} for g in (0.1, 0.2, 0.3)],
+    "covariance": [{"cov_max": c} for c in (0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02)],
 }
 MIN_STEPS = (1, 2, 3)
+MIN_RISES: tuple[float | None, ...] = (None, 0.05, 0.1)
 # every signal off: the base the chosen settings are laid over
 OFF = {"drop_confidence": None, "entropy_frac": None, "entropy_slope": None, "kl_jump": None,
-       "zero_var": None, "length_drift": None, "truncated": None, "reward_gap": None}
+       "zero_var": None, "length_drift": None, "truncated": None, "reward_gap": None,
+       "cov_max": None}
 
 
 def _fire_steps(c: Campaign, name: str, setting: dict[str, Any]) -> list[int]:
     p = GuardParams(**{**OFF, **setting})
     fn = SIGNALS.get(name)
     return [int(r["step"]) for t, r in enumerate(c.records) if fn(c.records, t, p)]
+
+
+def _armed_step(c: Campaign, min_rise: float | None) -> float:
+    """The first step at which the guard is armed under `min_rise` (inf: never)."""
+    p = GuardParams(**{**OFF, "min_rise": min_rise})
+    return next((int(r["step"]) for t, r in enumerate(c.records) if armed(c.records, t, p)),
+                float("inf"))
 
 
 def tune(campaigns: Sequence[Campaign], *, max_signals: int = 2,
@@ -63,15 +73,19 @@ def tune(campaigns: Sequence[Campaign], *, max_signals: int = 2,
     onset = [s[2] for s in shapes]
     fires = {(name, i): [_fire_steps(c, name, setting) for c in campaigns]
              for name, settings in search.items() for i, setting in enumerate(settings)}
+    arm_at = {rise_: [_armed_step(c, rise_) for c in campaigns] for rise_ in MIN_RISES}
     n_other = sum(not s for s in sig)
     budget = max_false_alarm_share * n_other
 
-    def evaluate(rule: tuple[tuple[str, int], ...], m: int) -> tuple[tuple[Any, ...], int, int]:
+    def evaluate(rule: tuple[tuple[str, int], ...], m: int, rise_: float | None = None
+                 ) -> tuple[tuple[Any, ...], int, int]:
         """(objective key: larger is better, false alarms, caught)."""
         caught = false = 0
         leads = []
         for j in range(len(campaigns)):
-            first = min((next((s for s in fires[o][j] if s >= m), None) for o in rule),
+            lo = max(m, arm_at[rise_][j])
+            first = min((next((s for s in fires[o][j]
+                               if s >= (m if o[0] in UNGATED else lo)), None) for o in rule),
                         key=lambda v: float("inf") if v is None else v, default=None)
             if first is None:
                 continue
@@ -83,53 +97,55 @@ def tune(campaigns: Sequence[Campaign], *, max_signals: int = 2,
                 false += 1
         med = statistics.median(leads) if leads else float("-inf")
         within = false <= budget + 1e-9
-        return (within, caught if within else -false, -false, med, -len(rule)), false, caught
+        simpler = -len(rule) - (rise_ is not None)
+        return (within, caught if within else -false, -false, med, simpler), false, caught
 
     # the rule with no signal (never fires) is a candidate too: it wins when nothing else
     # catches a campaign within the false-alarm budget
-    best: tuple[Any, ...] = (evaluate((), MIN_STEPS[0])[0], (), MIN_STEPS[0])
+    best: tuple[Any, ...] = (evaluate((), MIN_STEPS[0])[0], (), MIN_STEPS[0], None)
     best_by_size: dict[int, tuple[Any, ...]] = {}
     # false alarms -> (caught, rule)
-    front: dict[int, tuple[int, tuple[Any, ...]]] = {0: (0, ((), MIN_STEPS[0]))}
+    front: dict[int, tuple[int, tuple[Any, ...]]] = {0: (0, ((), MIN_STEPS[0], None))}
     searched = 1
     for size in range(1, max_signals + 1):
         for combo in itertools.combinations(search, size):
             for picks in itertools.product(*(range(len(search[n])) for n in combo)):
                 rule = tuple(zip(combo, picks, strict=True))
-                for m in MIN_STEPS:
+                for m, rise_ in itertools.product(MIN_STEPS, MIN_RISES):
                     searched += 1
-                    key, false, caught = evaluate(rule, m)
+                    key, false, caught = evaluate(rule, m, rise_)
                     if key > best[0]:
-                        best = (key, rule, m)
+                        best = (key, rule, m, rise_)
                     if size not in best_by_size or key > best_by_size[size][0]:
-                        best_by_size[size] = (key, rule, m)
+                        best_by_size[size] = (key, rule, m, rise_)
                     if false not in front or caught > front[false][0]:
-                        front[false] = (caught, (rule, m))
+                        front[false] = (caught, (rule, m, rise_))
 
-    def params_of(rule: tuple[tuple[str, int], ...], m: int) -> dict[str, Any]:
-        fields: dict[str, Any] = {**OFF, "min_step": m}
+    def params_of(rule: tuple[tuple[str, int], ...], m: int, rise_: float | None
+                  ) -> dict[str, Any]:
+        fields: dict[str, Any] = {**OFF, "min_step": m, "min_rise": rise_}
         for name, i in rule:
             fields.update(search[name][i])
         return GuardParams(**fields).model_dump(mode="json")
 
-    _, rule, m = best
-    chosen = params_of(rule, m)
+    _, rule, m, rise_ = best
+    chosen = params_of(rule, m, rise_)
     out = {"params": chosen, "signals": [n for n, _ in rule],
            "totals": score(campaigns, chosen, rise=rise, fall=fall, min_lead=min_lead)["totals"],
            "searched": searched,
            "objective": {"max_false_alarm_share": max_false_alarm_share, "min_lead": min_lead,
                          "max_signals": max_signals}}
-    out["by_size"] = {size: {"signals": [n for n, _ in r], "params": params_of(r, mm),
-                             "totals": score(campaigns, params_of(r, mm), rise=rise, fall=fall,
-                                             min_lead=min_lead)["totals"]}
-                      for size, (_, r, mm) in sorted(best_by_size.items())}
+    out["by_size"] = {size: {"signals": [n for n, _ in r], "params": params_of(r, mm, rr),
+                             "totals": score(campaigns, params_of(r, mm, rr), rise=rise,
+                                             fall=fall, min_lead=min_lead)["totals"]}
+                      for size, (_, r, mm, rr) in sorted(best_by_size.items())}
     # the trade-off: for each number of false alarms, the most campaigns any rule catches
     # (only points that catch more than every rule with fewer false alarms)
     out["front"], most = [], -1
     for false in sorted(front):
-        caught, (r, mm) = front[false]
+        caught, (r, mm, rr) = front[false]
         if caught > most:
             most = caught
             out["front"].append({"false_alarms": false, "caught": caught,
-                                 "signals": [n for n, _ in r], "params": params_of(r, mm)})
+                                 "signals": [n for n, _ in r], "params": params_of(r, mm, rr)})
     return out
