@@ -19,7 +19,11 @@ registered cell, `harness.runcheck.cell_figures`, must equal the baseline's). Fo
 (no mode, no figures) read as statistical.
 
 Registering again with the same spec_hash and mode replaces the registered arms and keeps
-the others; a different spec_hash or mode replaces the file. A registration keeps the file's
+the others; a different spec_hash or mode replaces the file. An exact baseline holds one
+variant of an arm per *platform* (CPU or GPU, and torch's CPU capability: AVX2, AVX512, ...,
+as the provenance records it), because other vector widths round floats differently and so
+produce other figures: registering on another platform adds a variant, and the gate holds a
+run to the variant of its own platform (`for_platform`). A registration keeps the file's
 mode unless another is asked for. A baseline whose spec_hash differs from a run's is
 *stale*: reported, never used for gating.
 """
@@ -64,6 +68,32 @@ def _arm_matches(arm: tuple[str, str, str], wanted: str) -> bool:
     """`method/controller` matches the arm on every model; `model/method/controller` one."""
     parts = tuple(wanted.split("/"))
     return len(parts) in (2, 3) and arm[-len(parts):] == parts
+
+
+def _arm_key(arm: dict[str, Any]) -> tuple[str, str, str]:
+    return arm["model"], arm["method"], arm["controller"]
+
+
+def env_platform(env: dict[str, Any]) -> tuple[bool, str | None]:
+    """A machine as an exact baseline tells them apart: (ran on GPUs, torch CPU capability)."""
+    return bool(env.get("gpu")), (env.get("cpu") or {}).get("capability")
+
+
+def arm_platform(arm: dict[str, Any]) -> tuple[bool, str | None]:
+    """The platform an arm was registered on (its provenance's environment)."""
+    return env_platform((arm.get("provenance") or {}).get("environment") or {})
+
+
+def for_platform(doc: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    """An exact baseline narrowed to one variant per arm: those registered on the run's
+    platform (`env`: its environment.json) when there are any, else those of the first
+    arm's platform (which `harness.gate.not_comparable` then reports). A statistical
+    baseline is returned as it is."""
+    if doc["mode"] != "exact" or not doc["arms"]:
+        return doc
+    have = {arm_platform(a) for a in doc["arms"]}
+    want = env_platform(env) if env_platform(env) in have else arm_platform(doc["arms"][0])
+    return {**doc, "arms": [a for a in doc["arms"] if arm_platform(a) == want]}
 
 
 def build_arms(results: dict[str, Any], provenance: dict[str, Any],
@@ -150,9 +180,12 @@ def register(run_dir: Path, arms: Iterable[str] | None = None, root: Path | None
     new = build_arms(results, provenance, arms, traces if mode == "exact" else None)
     kept: list[dict[str, Any]] = []
     if old is not None and old["spec_hash"] == results["spec_hash"] and old["mode"] == mode:
-        replaced = {(a["model"], a["method"], a["controller"]) for a in new}
-        kept = [a for a in old["arms"]
-                if (a["model"], a["method"], a["controller"]) not in replaced]
+        # an exact arm is replaced only by one of its own platform (module docstring)
+        def variant(a: dict[str, Any]) -> tuple[Any, ...]:
+            return _arm_key(a) + (arm_platform(a) if mode == "exact" else ())
+
+        replaced = {variant(a) for a in new}
+        kept = [a for a in old["arms"] if variant(a) not in replaced]
     doc = {"format": BASELINE_FORMAT, "spec": results["spec"], "version": results["version"],
            "spec_hash": results["spec_hash"], "mode": mode, "updated_at": now,
            "arms": kept + new}
@@ -209,8 +242,11 @@ def stale_message(path: Path, doc: dict[str, Any], results: dict[str, Any]) -> s
 def baseline_results(doc: dict[str, Any]) -> dict[str, Any]:
     """A baseline as results.json-shaped data (finished cells with `end_of_chain` and
     `aggregates`), so comparisons read it like a run."""
-    cells = []
+    cells, seen = [], set()
     for a in doc["arms"]:
+        if _arm_key(a) in seen:  # another platform's variant of an exact arm: the first counts
+            continue
+        seen.add(_arm_key(a))
         for p in a["per_seed"]:
             cell: dict[str, Any] = {"model": a["model"], "method": a["method"],
                                     "controller": a["controller"], "seed": int(p["seed"]),

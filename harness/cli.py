@@ -478,7 +478,9 @@ def baseline_register(
     """Register a run's finished arms as its spec's baseline, with provenance (spec hash,
     harness version, git commit, environment, reason). The traces are checked first. Arms
     registered before under the same spec_hash and mode are kept; another spec_hash or mode
-    replaces the file. Exit 2 if the run cannot be read."""
+    replaces the file. An exact arm is kept per platform (CPU capability or GPU): registered
+    on another machine type it adds a variant, and the gate uses the run's own. Exit 2 if the
+    run cannot be read."""
     from harness.baselines import register
 
     with _evaluating():

@@ -127,7 +127,7 @@ def run_gate(run: Path, baselines: Path | None, *, alpha: float, margin: float,
     """Evaluate the gate of a run directory (module docstring); print the table and lines
     through `say` / `warn` / `table`; return the exit code. UserError when the run or the
     baseline cannot be read (the CLI exits 2)."""
-    from harness.baselines import baseline_results, load_baseline, stale_message
+    from harness.baselines import baseline_results, for_platform, load_baseline, stale_message
     from harness.compare import (
         comparisons_table,
         evaluate_comparisons,
@@ -148,6 +148,8 @@ def run_gate(run: Path, baselines: Path | None, *, alpha: float, margin: float,
     if (run / "environment.json").exists():
         env = read_json_object(run / "environment.json", "the run's environment",
                                "re-run `harness bench` on its spec to rebuild it")
+    if doc is not None:
+        doc = for_platform(doc, env)  # an exact baseline's variant for this run's machine
     if doc is None:
         say(f"no registered baseline for {results['spec']} ({path}); register one with "
             "`harness baseline register RUN`")
@@ -204,7 +206,8 @@ def run_gate(run: Path, baselines: Path | None, *, alpha: float, margin: float,
 def not_comparable(doc: Mapping[str, Any], env: Mapping[str, Any]) -> str | None:
     """Why a run cannot be held to an exact baseline bit for bit, or None: it ran on a GPU,
     or on a CPU whose vector width (torch's CPU capability) differs from the registering
-    machine's. Measured: the tiny policy's 800-step warm start, built on AVX2 instead of
+    machine's (of `doc` narrowed by `harness.baselines.for_platform`: no variant of the
+    baseline was registered on the run's platform). Measured: the tiny policy's 800-step warm start, built on AVX2 instead of
     AVX-512, gives other weights and other results from step 0 on (the RL steps themselves
     agree to the last count, their float reductions to 2e-5 relative)."""
     base = ((doc["arms"][0].get("provenance") or {}).get("environment") or {}) \

@@ -44,14 +44,62 @@ def _trace(run: Path) -> Path:
 def test_committed_baseline_is_exact_with_provenance() -> None:
     doc = json.loads(BASELINE.read_text())
     assert doc["mode"] == "exact" and doc["format"] == 2
-    (arm,) = doc["arms"]
-    prov = arm["provenance"]
-    assert prov["git_commit"] and prov["reason"] and prov["spec_hash"] == doc["spec_hash"]
-    env = prov["environment"]
-    assert env["packages"]["torch"] and env["cpu"]["capability"] and env["gpu"] is None
-    figures = arm["per_seed"][0]["figures"]
-    assert "end_of_chain.pass1_test" in figures and "trace.c1.s3.eval_pass1" in figures
-    assert not any(".time." in n or ".grading." in n for n in figures)
+    # one variant of the arm per CPU vector width the project's CI machines have
+    platforms = [a["provenance"]["environment"]["cpu"]["capability"] for a in doc["arms"]]
+    assert sorted(platforms) == ["AVX2", "AVX512"]
+    for arm in doc["arms"]:
+        assert (arm["model"], arm["method"], arm["controller"]) == ("tiny", "reinforce", "naive")
+        prov = arm["provenance"]
+        assert prov["git_commit"] and prov["reason"] and prov["spec_hash"] == doc["spec_hash"]
+        env = prov["environment"]
+        assert env["packages"]["torch"] and env["gpu"] is None
+        figures = arm["per_seed"][0]["figures"]
+        assert "end_of_chain.pass1_test" in figures and "trace.c1.s3.eval_pass1" in figures
+        assert not any(".time." in n or ".grading." in n for n in figures)
+
+
+def _set_capability(run: Path, capability: str) -> None:
+    env_path = run / "environment.json"
+    env = json.loads(env_path.read_text())
+    env["cpu"]["capability"] = capability
+    env_path.write_text(json.dumps(env))
+
+
+def test_exact_variants_per_platform_register_and_gate(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "baselines"
+    shutil.copytree(BASELINE.parent, store)
+    path = store / "tiny-smoke.json"
+    doc = json.loads(path.read_text())
+    mine = json.loads((run / "environment.json").read_text())["cpu"]["capability"]
+    assert _harness(capsys, "baseline", "register", str(run), "--baselines", str(store))[0] == 0
+    after = json.loads(path.read_text())
+    # re-registering on a platform replaces that platform's variant only
+    assert len(after["arms"]) == len({a["provenance"]["environment"]["cpu"]["capability"]
+                                      for a in doc["arms"]} | {mine})
+    # a variant for a made-up platform, whose figures differ: it gates only its own platform
+    other = json.loads(json.dumps(next(
+        a for a in after["arms"] if a["provenance"]["environment"]["cpu"]["capability"] == mine)))
+    other["provenance"]["environment"]["cpu"]["capability"] = "SVE256"
+    other["per_seed"][0]["figures"]["end_of_chain.pass1_test"] = -1.0
+    after["arms"].append(other)
+    path.write_text(json.dumps(after))
+    rc, out, err = _harness(capsys, "gate", str(run), "--baselines", str(store))
+    assert rc == 0 and "identical" in out and "warning" not in err, out + err
+    _set_capability(run, "SVE256")
+    rc, out, err = _harness(capsys, "gate", str(run), "--baselines", str(store))
+    assert rc == 1 and "end_of_chain.pass1_test: -1.0 ->" in out, out + err
+    # a platform with no variant: one warning, checked statistically (1 seed: inconclusive)
+    _set_capability(run, "NEON")
+    rc, out, err = _harness(capsys, "gate", str(run), "--baselines", str(store))
+    assert rc == 3 and "this run's is NEON" in err and "checked statistically" in err, out + err
+    # registering there adds a third variant and keeps the other two
+    assert _harness(capsys, "baseline", "register", str(run), "--baselines", str(store))[0] == 0
+    caps = [a["provenance"]["environment"]["cpu"]["capability"]
+            for a in json.loads(path.read_text())["arms"]]
+    assert caps.count("NEON") == 1 and "SVE256" in caps and mine in caps
+    rc, out, err = _harness(capsys, "gate", str(run), "--baselines", str(store))
+    assert rc == 0, out + err
 
 
 def test_tiny_smoke_passes_the_committed_exact_baseline(
