@@ -4,7 +4,12 @@ Library: ``GraderPool(workers=2).grade(requests) -> list[Verdict]``. Service: ``
 grader_sandbox serve --socket PATH`` and ``GraderClient(PATH).grade(requests)``. See README.md.
 """
 
-from grader_sandbox.schema import DEFAULT_LIMITS, GraderError, Verdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grader_sandbox.pool import GraderPool
+    from grader_sandbox.schema import DEFAULT_LIMITS, GraderError, Verdict
+    from grader_sandbox.service import GraderClient
 
 # The grading behaviour's version: bump it with any change that can turn a verdict (the
 # comparison rules, the isolation a program meets, the limits' meaning). Callers put it in
@@ -28,7 +33,13 @@ def source_digest() -> str:
 
 
 def __getattr__(name: str) -> object:
-    # Lazy, so `import grader_sandbox` stays cheap inside workers and sandboxed children.
+    # Lazy, so `import grader_sandbox` stays cheap inside workers and sandboxed children: the
+    # template (every program child's parent) then never loads schema (dataclasses, inspect,
+    # ast) or the comparison rules (fractions, decimal), and each fork copies fewer pages.
+    if name in ("DEFAULT_LIMITS", "GraderError", "Verdict"):
+        from grader_sandbox import schema
+
+        return getattr(schema, name)
     if name == "GraderPool":
         from grader_sandbox.pool import GraderPool
 

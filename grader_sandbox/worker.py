@@ -135,7 +135,7 @@ class Worker:
         code = ("import sys; sys.path.insert(0, sys.argv[1]); "
                 "from grader_sandbox.template import main; main(int(sys.argv[2]))")
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", code, pkg_parent, str(tsock.fileno())],
+            [sys.executable, "-I", "-S", "-c", code, pkg_parent, str(tsock.fileno())],
             pass_fds=(tsock.fileno(),), stdin=self.devnull, cwd="/", close_fds=True,
         )
         tsock.close()

@@ -81,6 +81,23 @@ def test_stdio_runtime_error_is_error(pool: GraderPool) -> None:
     assert (v.status, v.error_type) == ("error", "ZeroDivisionError")
 
 
+def test_site_builtins_behave_as_under_python(pool: GraderPool) -> None:
+    # The template runs without `site`; exit(), quit() and friends must still be there.
+    ok = "n = int(input())\nprint(n * 2)\nexit()\nprint('never')\n"
+    quit0 = "print(int(input()) * 2)\nquit(0)\n"
+    fail = "print(int(input()) * 2)\nexit(3)\n"
+    names = ("print(int(input()) * 2 if all(callable(b) for b in "
+             "(help, copyright, credits, license)) else 'missing')\n")
+    tests = [{"input": "4\n", "output": "8"}]
+    reqs = [{"id": str(i), "style": "stdio", "code": c, "tests": tests}
+            for i, c in enumerate((ok, quit0, fail, names))]
+    reqs.append(call("def f(x):\n    exit(1)\n", [{"args": [1], "expected": 1}]))
+    a, b, c, d, e = pool.grade(reqs)
+    assert a.passed and b.passed and d.passed
+    assert (c.status, c.error_type) == ("error", "SystemExit")
+    assert not e.passed
+
+
 def test_assert_style_with_check_function(pool: GraderPool) -> None:
     test_code = "def check(candidate):\n    assert candidate([3, 1, 2]) == [1, 2, 3]\n"
     good = {"id": "g", "style": "assert", "entry_point": "srt", "test_code": test_code,
