@@ -294,6 +294,15 @@ def test_hostile_program_gets_intended_verdict(
     assert problem is None, problem
 
 
+def test_root_runs_the_corpus_in_root_mode(pool: GraderPool) -> None:
+    # As root the session pool must take the root path (fresh uids from a locked block, its
+    # own namespaces): a silent fall-back to another mode would leave root mode untested.
+    if os.geteuid() != 0:
+        pytest.skip("root mode needs root; test_corpus_modes.py covers the unprivileged user")
+    assert pool.isolation.get("mode") == "namespaces", pool.isolation
+    assert len(set(pool.sandbox_uids)) > 1
+
+
 def test_worker_serves_the_next_sample_after_every_hostile_one(graded: dict[str, Any]) -> None:
     benign = {k: v for k, v in graded["verdicts"].items() if k.startswith("benign-after-")}
     assert len(benign) == len(ITEMS) + len(PAIRS)

@@ -17,10 +17,11 @@ by 65534, mode 0700: its files and outputs), the canary and the pools' scratch. 
 is a copy of this checkout's grader_sandbox/ in that directory.
 
 Container mode (slow): the grader image from the `docker_images` fixture, the documented run
-flags (test_container.RUN_FLAGS), the driver and the plan mounted read-only at /corpus, and
-`--init`: the driver must not be the container's process 1, which the kernel shields from
-SIGKILL sent inside its namespace (that would make "the caller survives" hold trivially) and
-which must reap the processes orphaned when a pool's workers exit (their templates).
+flags (test_container.RUN_FLAGS), the driver and the plan mounted read-only at /corpus, a
+writable volume at /run/grader (nothing may land there), and `--init`: the driver must not
+be the container's process 1, which the kernel shields from SIGKILL sent inside its namespace
+(that would make "the caller survives" hold trivially) and which must reap the processes
+orphaned when a pool's workers exit (their templates).
 """
 
 from __future__ import annotations
@@ -158,6 +159,10 @@ def container_run(docker_images: dict[str, str]) -> Iterator[dict[str, Any]]:
     from test_container import RUN_FLAGS
 
     work = Path(tempfile.mkdtemp(prefix="grader-corpus-container-"))
+    # A writable volume, as the documented run mounts /run/grader: nothing a sample writes
+    # may land (or persist) there.
+    volume = Path(tempfile.mkdtemp(prefix="grader-corpus-volume-"))
+    volume.chmod(0o777)
     try:
         expects, reqs = _write_plan(work, "container")
         os.chmod(work, 0o755)
@@ -165,6 +170,7 @@ def container_run(docker_images: dict[str, str]) -> Iterator[dict[str, Any]]:
             p.chmod(0o644)
         r = subprocess.run(
             ["docker", "run", *RUN_FLAGS, "--init", "-v", f"{work}:/corpus:ro",
+             "-v", f"{volume}:/run/grader",
              "--entrypoint", "python3",
              docker_images["grader"], "/corpus/driver.py", "--requests",
              "/corpus/requests.jsonl", "--scratch", "/tmp/run", "--python", "python3",
@@ -172,10 +178,11 @@ def container_run(docker_images: dict[str, str]) -> Iterator[dict[str, Any]]:
             capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"rc {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
         result = _last_json(r.stdout)
-        result.update(expects=expects, reqs=reqs)
+        result.update(expects=expects, reqs=reqs, volume_after=sorted(os.listdir(volume)))
         yield result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(volume, ignore_errors=True)
 
 
 MODE_FIXTURES = {"userns": "userns_run", "container": "container_run"}
@@ -255,3 +262,5 @@ def test_no_file_outside_the_sample_directory_changes(request: pytest.FixtureReq
     assert f"{CANARY}/canary.txt" in after
     if mode == "userns":  # the machine's own shared places (the container has its own)
         assert run["planted_after"] == run["planted_before"] == []
+    else:  # the container's writable volume
+        assert run["volume_after"] == []
