@@ -7,13 +7,16 @@ reason, only where no engine can be started.
 
 from __future__ import annotations
 
+import errno
 import json
+import platform
 import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "fixtures"
 RUN_FLAGS = [
     "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=512m",
     "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
@@ -58,3 +61,23 @@ def test_container_refuses_to_start_without_a_read_only_root(image: str) -> None
     out = _docker("run", *flags, image, "check", timeout=120)
     assert out.returncode == 2
     assert "--read-only" in out.stderr
+
+
+def _probe_syscalls(image: str, profile: str) -> dict[str, int]:
+    flags = list(RUN_FLAGS)
+    flags[flags.index(f"seccomp={ROOT / 'containers/grader/seccomp.json'}")] = profile
+    out = _docker("run", *flags, "-v", f"{FIXTURES}:/probe:ro", "--entrypoint", "python3",
+                  image, "/probe/seccomp_probe.py", timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the probe's syscall numbers")
+def test_container_profile_refuses_what_the_sandbox_does_not_need(image: str) -> None:
+    # Outside any sample, in the container itself: the profile, not the per-sample filter.
+    got = _probe_syscalls(image, f"seccomp={ROOT / 'containers/grader/seccomp.json'}")
+    assert got.pop("clone3") == errno.ENOSYS  # so that libc falls back to clone
+    assert {k: v for k, v in got.items() if v != errno.EPERM} == {}
+    # The probe can tell: without the profile none of these fails with EPERM.
+    loose = _probe_syscalls(image, "seccomp=unconfined")
+    assert [k for k, v in loose.items() if v == errno.EPERM] == []
