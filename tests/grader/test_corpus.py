@@ -223,6 +223,16 @@ ALL = ITEMS + PAIR_STEPS
 # --------------------------------------------------------------------------- root mode
 
 
+def _process_uids() -> set[int]:
+    """The real uids of every process on the machine now."""
+    uids = set()
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            status = Path(f"/proc/{entry}/status").read_text() if entry.isdigit() else ""
+            uids |= {int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:")}
+    return uids
+
+
 def _sandbox_processes(uids: set[int]) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -257,11 +267,13 @@ def graded(pool: GraderPool) -> Iterator[dict[str, Any]]:
     before = _snapshot()
     pids = pool.worker_pids
     groups, expects = corpus_plan("root")
+    running = _process_uids()
     with bystander() as by, SecondPool() as second:
         targets = [os.getpid(), by.pid, *pool_pids(pool), *second.pids_before]
         verdicts = grade_groups(pool, groups, targets)
         bystander_alive = by.poll() is None
-    uids = set(pool.sandbox_uids) | set(second.pool.sandbox_uids)
+    uids_a, uids_b = list(pool.sandbox_uids), list(second.pool.sandbox_uids)
+    uids = set(uids_a) | set(uids_b)
     deadline = time.monotonic() + 5.0
     leftovers = _sandbox_processes(uids)
     while leftovers and time.monotonic() < deadline:
@@ -269,7 +281,8 @@ def graded(pool: GraderPool) -> Iterator[dict[str, Any]]:
         leftovers = _sandbox_processes(uids)
     yield {"verdicts": {v.id: v for v in verdicts}, "expects": expects, "before": before,
            "after": _snapshot(), "pids_before": pids, "pids_after": pool.worker_pids,
-           "leftovers": leftovers, "second": second, "bystander_alive": bystander_alive}
+           "leftovers": leftovers, "second": second, "bystander_alive": bystander_alive,
+           "uids_a": uids_a, "uids_b": uids_b, "uids_running_before": running}
     shutil.rmtree(CANARY, ignore_errors=True)
     for path in plant_leftovers():  # never leave a successful plant for the next run
         with contextlib.suppress(OSError):
@@ -301,6 +314,16 @@ def test_root_runs_the_corpus_in_root_mode(pool: GraderPool) -> None:
         pytest.skip("root mode needs root; test_corpus_modes.py covers the unprivileged user")
     assert pool.isolation.get("mode") == "namespaces", pool.isolation
     assert len(set(pool.sandbox_uids)) > 1
+
+
+def test_two_pools_never_share_a_uid(graded: dict[str, Any]) -> None:
+    # A sample can signal only processes of its own uid: two pools' blocks must not overlap,
+    # nor include the judge's uid or any uid a process on this machine already runs as.
+    if os.geteuid() != 0:
+        pytest.skip("uid blocks are root mode's; in a user namespace children keep one uid")
+    ours, theirs = set(graded["uids_a"]), set(graded["uids_b"])
+    assert ours and theirs and not ours & theirs
+    assert not (ours | theirs) & set(graded["uids_running_before"])
 
 
 def test_worker_serves_the_next_sample_after_every_hostile_one(graded: dict[str, Any]) -> None:

@@ -98,6 +98,17 @@ def test_site_builtins_behave_as_under_python(pool: GraderPool) -> None:
     assert not e.passed
 
 
+def test_sixty_four_live_threads_fit_the_default_limits(pool: GraderPool) -> None:
+    # No limits in the request: the defaults (memory_mb 512) must hold 64 live threads.
+    code = ("import threading\ndef f(n):\n    go = threading.Event()\n"
+            "    ts = [threading.Thread(target=go.wait) for _ in range(n)]\n"
+            "    for t in ts:\n        t.start()\n"
+            "    alive = sum(t.is_alive() for t in ts)\n    go.set()\n"
+            "    for t in ts:\n        t.join()\n    return alive\n")
+    v = pool.grade([call(code, [{"args": [64], "expected": 64}])])[0]
+    assert v.passed, v
+
+
 def test_assert_style_with_check_function(pool: GraderPool) -> None:
     test_code = "def check(candidate):\n    assert candidate([3, 1, 2]) == [1, 2, 3]\n"
     good = {"id": "g", "style": "assert", "entry_point": "srt", "test_code": test_code,
