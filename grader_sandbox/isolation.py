@@ -9,8 +9,9 @@ Layers, outermost first (grader_sandbox/README.md, "Isolation", says what each o
    verifies what the container promises (``--network none --read-only``).
 2. The samples' *view*: a tmpfs root built once per worker holding read-only bind mounts of
    only what the interpreter needs (the standard library without site-packages, the system
-   libraries, ``/etc/ld.so.cache``, five device nodes) and an empty ``/work``. No ``/proc``,
-   no ``/sys``, no ``/tmp``, no home, no datasets, no request files. The template process
+   libraries, ``/etc/ld.so.cache``, five device nodes) and an empty ``/work`` (``/tmp`` is a
+   link to it). No ``/proc``, no ``/sys``, no shared ``/tmp``, no home, no datasets, no
+   request files. The template process
    pivots into it; every program child and judge lives in it.
 3. Every sample runs in a child forked from the template into its own PID namespace (it is
    process 1 and sees no other process), works in ``/work`` (a small tmpfs, its only writable
@@ -110,8 +111,8 @@ def layers(iso: WorkerIsolation) -> dict[str, str]:
         "worker": base,
         "network": "no interface but a down loopback",
         "filesystem": "a read-only view: the standard library (no site-packages), system "
-                      "libraries, ld.so.cache, /dev/{" + ",".join(DEVICES) + "}; no /proc, "
-                      "/sys, /tmp, home or datasets",
+                      "libraries, ld.so.cache, /dev/{" + ",".join(DEVICES) + "}, /tmp a link to "
+                      "/work; no /proc, /sys, shared /tmp, home or datasets",
         "processes": "each child process 1 of its own PID namespace",
         "files": "/work: a tmpfs of 64 MiB and 4096 files, emptied by the worker after each "
                  "sample (no recursion), before the next sample's clock",

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -314,6 +315,23 @@ def test_root_runs_the_corpus_in_root_mode(pool: GraderPool) -> None:
         pytest.skip("root mode needs root; test_corpus_modes.py covers the unprivileged user")
     assert pool.isolation.get("mode") == "namespaces", pool.isolation
     assert len(set(pool.sandbox_uids)) > 1
+
+
+LAYERS = {"worker", "network", "filesystem", "processes", "files", "uid", "limits", "seccomp"}
+
+
+def test_check_names_every_layer_active_in_root_mode() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("root mode needs root; test_corpus_modes.py checks the unprivileged user")
+    out = subprocess.run([sys.executable, "-m", "grader_sandbox", "check"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert (got["isolation"], got["benign"], got["fork"]) == ("namespaces", "passed", "violation")
+    layers = got["layers"]
+    assert set(layers) == LAYERS
+    assert "fresh uid per sample" in layers["uid"] and "PID namespace" in layers["processes"]
+    assert "no /proc" in layers["filesystem"] and "no site-packages" in layers["filesystem"]
 
 
 def test_two_pools_never_share_a_uid(graded: dict[str, Any]) -> None:

@@ -210,6 +210,9 @@ def test_the_workers_take_this_modes_path(request: pytest.FixtureRequest, mode: 
     run = _run(request, mode)
     assert run["check"].get("isolation") == mode, run["check"]
     assert run["check"].get("benign") == "passed" and run["check"].get("fork") == "violation"
+    layers = run["check"].get("layers", {})
+    assert "user namespace" in layers.get("worker", ""), layers
+    assert "PID namespace" in layers.get("processes", "") and "no /proc" in layers["filesystem"]
     assert run["uid"] == (NOBODY if mode == "userns" else 10001)
 
 
