@@ -11,8 +11,8 @@ Layers, outermost first (grader_sandbox/README.md, "Isolation", says what each o
    only what the interpreter needs (the standard library without site-packages, the system
    libraries, ``/etc/ld.so.cache``, five device nodes) and an empty ``/work`` (``/tmp`` is a
    link to it). No ``/proc``, no ``/sys``, no shared ``/tmp``, no home, no datasets, no
-   request files. The template process
-   pivots into it; every program child and judge lives in it.
+   request files. The template process pivots into it; every program child and judge lives
+   in it.
 3. Every sample runs in a child forked from the template into its own PID namespace (it is
    process 1 and sees no other process), works in ``/work`` (a small tmpfs, its only writable
    place, which the worker empties after it), takes a fresh uid as root (from a block of

@@ -1,8 +1,8 @@
 """The template process: every program child is forked from it.
 
-The worker starts it as a separate, lean interpreter (``python -I -S``, a handful of modules), so
-each fork copies as few pages as possible, and it only ever receives what a program may know:
-the limits and the descriptors of each child. The program and the test inputs travel in a
+The worker starts it as a separate, lean interpreter (``python -I -S``, a handful of
+modules), so each fork copies as few pages as possible, and it only ever receives what a
+program may know: the limits and the descriptors of each child. The program and the test inputs travel in a
 memfd that only the child reads, after the fork; expected outputs and test code never come
 here. So no child's memory (not even freed memory inherited from here) holds anything of
 another sample, let alone an answer.

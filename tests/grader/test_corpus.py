@@ -224,18 +224,9 @@ ALL = ITEMS + PAIR_STEPS
 # --------------------------------------------------------------------------- root mode
 
 
-def _process_uids() -> set[int]:
-    """The real uids of every process on the machine now."""
-    uids = set()
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            status = Path(f"/proc/{entry}/status").read_text() if entry.isdigit() else ""
-            uids |= {int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:")}
-    return uids
-
-
-def _sandbox_processes(uids: set[int]) -> list[int]:
-    found = []
+def _real_uids() -> dict[int, int]:
+    """pid -> real uid of every process on the machine now."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -244,9 +235,13 @@ def _sandbox_processes(uids: set[int]) -> list[int]:
         except OSError:
             continue
         for line in status.splitlines():
-            if line.startswith("Uid:") and int(line.split()[1]) in uids:
-                found.append(int(entry))
+            if line.startswith("Uid:"):
+                found[int(entry)] = int(line.split()[1])
     return found
+
+
+def _sandbox_processes(uids: set[int]) -> list[int]:
+    return [pid for pid, uid in _real_uids().items() if uid in uids]
 
 
 def _snapshot() -> dict[str, Any]:
@@ -268,7 +263,7 @@ def graded(pool: GraderPool) -> Iterator[dict[str, Any]]:
     before = _snapshot()
     pids = pool.worker_pids
     groups, expects = corpus_plan("root")
-    running = _process_uids()
+    running = set(_real_uids().values())
     with bystander() as by, SecondPool() as second:
         targets = [os.getpid(), by.pid, *pool_pids(pool), *second.pids_before]
         verdicts = grade_groups(pool, groups, targets)
@@ -336,7 +331,7 @@ def test_check_names_every_layer_active_in_root_mode() -> None:
 
 def test_two_pools_never_share_a_uid(graded: dict[str, Any]) -> None:
     # A sample can signal only processes of its own uid: two pools' blocks must not overlap,
-    # nor include the judge's uid or any uid a process on this machine already runs as.
+    # nor include any uid a process on this machine already ran as (the judges' among them).
     if os.geteuid() != 0:
         pytest.skip("uid blocks are root mode's; in a user namespace children keep one uid")
     ours, theirs = set(graded["uids_a"]), set(graded["uids_b"])
