@@ -96,6 +96,27 @@ def _round(tree: Path, cell_id: str, cfg: dict, jobs: int, steps: int, work: Pat
     return times
 
 
+def current_config(old: dict) -> dict:
+    """An earlier commit's cell config as today's code reads it, with the fast path on
+    (`rollout.backend: lean`, `grader.cache: true`): fields added since keep their old
+    meaning, and method options that became `method.params` move there (dropped where the
+    method no longer takes them, as the options it ignored then)."""
+    sys.path.insert(0, str(ROOT))
+    from harness.spec.method import MOVED_TO_PARAMS, registry
+
+    cfg = json.loads(json.dumps(old))
+    cfg["rollout"]["backend"] = "lean"
+    cfg["grader"]["cache"] = True
+    if cfg["model"].get("tiny") is not None:
+        cfg["model"]["tiny"].setdefault("warm_defect", 0.0)
+    meth = cfg["method"]
+    takes = registry("method").get(meth["name"]).Params.model_fields
+    for key in MOVED_TO_PARAMS:
+        if key in meth and (value := meth.pop(key)) is not None and key in takes:
+            meth.setdefault("params", {})[key] = value
+    return cfg
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default="b8ce89e")
@@ -123,11 +144,7 @@ def main() -> int:
             _export(args.baseline, base)
             got = json.loads(_python(base, CONFIG, args.spec, env=env))
             cell_id, old_cfg = got["cell_id"], got["config"]
-            new_cfg = json.loads(json.dumps(old_cfg))
-            new_cfg["rollout"]["backend"] = "lean"
-            new_cfg["grader"]["cache"] = True
-            if new_cfg["model"].get("tiny") is not None:  # fields added since: old meaning
-                new_cfg["model"]["tiny"].setdefault("warm_defect", 0.0)
+            new_cfg = current_config(old_cfg)
         trees = {"baseline": (base, old_cfg), "current": (ROOT, new_cfg)}
         for name, (tree, cfg) in trees.items():  # build (or find) each tree's tiny policy
             t0 = time.perf_counter()

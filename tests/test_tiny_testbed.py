@@ -98,3 +98,28 @@ def test_the_registered_tiny_specs_use_the_calibrated_testbed() -> None:
             ("grpo", "es")} == arms
     gated = {(c.candidate.method, c.candidate.controller) for c in study.comparisons if c.gate}
     assert ("reinforce", "es") in gated
+
+
+def test_the_step_benchmark_reads_the_baseline_commits_cell_config() -> None:
+    """scripts/bench_step_speed.py runs today's code on b8ce89e's tiny-collapse cell config
+    (the fixture: what that commit's `expand_cells` gave); the spec schema has moved on since
+    (method options became `method.params`), and the translation must keep it loadable."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from harness.runner.cell import CellConfig
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_step_speed",
+                                                  root / "scripts" / "bench_step_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    got = json.loads((root / "tests/fixtures/bench/b8ce89e-tiny-collapse-cell.json").read_text())
+    old = got["config"]
+    assert "baseline" in old["method"] and "eps" in old["method"]  # the old flat options
+    cfg = CellConfig.from_dict(got["cell_id"], bench.current_config(old))
+    assert cfg.method.params == {"baseline": old["method"]["baseline"]}
+    assert cfg.rollout.backend == "lean" and cfg.grader.cache
+    assert cfg.model.tiny.warm_defect == 0.0 and cfg.model.tiny.hidden_size == 128
+    assert old["rollout"]["backend"] == "hf"  # the input is left as it was
