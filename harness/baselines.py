@@ -196,7 +196,8 @@ def register(run_dir: Path, arms: Iterable[str] | None = None, root: Path | None
 def load_baseline_file(path: Path) -> dict[str, Any]:
     """Read and check a baseline file (`mode` filled in for format 1); UserError (one line)
     if it is malformed."""
-    fix = "re-register it with `harness baseline register RUN`"
+    fix = (f"restore it (`git checkout -- {path}`), or delete it and register again with "
+           "`harness baseline register RUN`")
     doc = read_json_object(path, "baseline", fix)
     if doc.get("format") not in READ_FORMATS:
         raise UserError(f"baseline {path} has format {doc.get('format')!r}, this harness reads "
@@ -224,9 +225,29 @@ def load_baseline_file(path: Path) -> dict[str, Any]:
 
 
 def load_baseline(spec_name: str, root: Path | None = None) -> tuple[Path, dict[str, Any] | None]:
-    """(path, document or None when no baseline is registered for the spec)."""
+    """(path, document or None when no baseline is registered for the spec). A baselines
+    directory named by `root` (--baselines) or $HARNESS_BASELINES that does not exist or is
+    not a directory is a UserError: a mistyped path must not read as "nothing registered"
+    and let a gate pass."""
     path = baseline_path(spec_name, root)
+    named = root is not None or bool(os.environ.get("HARNESS_BASELINES"))
+    if named and not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise UserError(f"baselines directory {path.parent} {what}; pass the directory that "
+                        "holds SPEC.json files with --baselines (or HARNESS_BASELINES), or "
+                        "leave both unset for benchmarks/baselines")
     return path, (load_baseline_file(path) if path.exists() else None)
+
+
+def run_environment(run_dir: Path) -> dict[str, Any]:
+    """A run's environment.json ({} when it has none): the platform `for_platform` picks an
+    exact baseline's variant by."""
+    from harness.rundir import read_json_object
+
+    if not (run_dir / "environment.json").exists():
+        return {}
+    return read_json_object(run_dir / "environment.json", "the run's environment",
+                            "re-run `harness bench` on its spec to rebuild it")
 
 
 def stale_message(path: Path, doc: dict[str, Any], results: dict[str, Any]) -> str | None:

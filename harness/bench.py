@@ -29,12 +29,18 @@ def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
     g = grid_hash(cells)
     run_dir = out or default_run_dir(spec.name, spec.version, g)
     existing = run_dir / "resolved_spec.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a directory; choose another --out")
     if existing.exists():
         try:
             old = json.loads(existing.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old is not None and old.get("grid_hash") != g:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            # written atomically, so never half written by a bench: damaged since; what the
+            # directory holds cannot be told, and writing into it could mix two runs
+            why = getattr(e, "strerror", None) or getattr(e, "msg", None) or e
+            raise UserError(f"{existing} cannot be read ({why}), so it is unknown which run "
+                            f"{run_dir} holds; restore the file, or choose another --out") from None
+        if isinstance(old, dict) and old.get("grid_hash") != g:
             raise UserError(
                 f"{run_dir} holds a run of {old.get('spec', {}).get('name')}@"
                 f"{old.get('spec', {}).get('version')} with another grid (spec hash "
@@ -217,6 +223,11 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
     record_executor(run_dir, describe(executor, options))
     todo = {c.cell_id: run_dir / "cells" / c.cell_id for c in cells
             if not cell_finished(run_dir / "cells" / c.cell_id)}
+    from harness.runner.trace import read_trace_checked
+
+    for c in cells:  # a finished cell is kept as it is: its trace must be whole (as in gate)
+        if c.cell_id not in todo:
+            read_trace_checked(run_dir / "cells" / c.cell_id / "trace.jsonl", complete=True)
     if todo:
         _preflight(spec)  # before anything starts: no MLflow run for a bench that cannot
     console.print(f"run directory: {run_dir}  ({len(cells) - len(todo)} of {len(cells)} cells "
@@ -303,6 +314,9 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
                 raise
     results = collect_results(spec, run_dir, cells, failures)
     tracking = tracker.close()
+    from harness.runcheck import finished_traces
+
+    finished_traces(run_dir, results)  # results.json says what the traces say, as gate checks
     if tracking.ok:
         console.print(f"MLflow: experiment {tracking.experiment} in {tracking.uri} (parent run "
                       f"{tracking.parent_run_id}); `harness ui {run_dir}` opens it",

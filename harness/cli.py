@@ -380,7 +380,13 @@ def compare(
     against the spec's `expect`. The traces of the finished cells are checked against
     results.json first. Exit 2 if a run cannot be evaluated (missing, unreadable, a corrupt
     trace)."""
-    from harness.baselines import baseline_results, load_baseline, stale_message
+    from harness.baselines import (
+        baseline_results,
+        for_platform,
+        load_baseline,
+        run_environment,
+        stale_message,
+    )
     from harness.compare import (
         comparisons_table,
         evaluate_comparisons,
@@ -405,6 +411,9 @@ def compare(
                 stale = stale_message(path, doc, results)
                 if stale:
                     err.print(f"warning: {stale}", markup=False, highlight=False)
+                # the variant of an exact baseline registered on this run's platform, as
+                # the gate reads it
+                doc = for_platform(doc, run_environment(run))
                 other, kind = baseline_results(doc), "registered"
             else:
                 other, _ = load_run_files(Path(against))

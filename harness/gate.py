@@ -122,12 +122,37 @@ def print_exact(check: ExactCheck, doc: Mapping[str, Any], path: Path,
                 + "; ".join(changes))
 
 
+def _unfinished(run: Path, results: dict[str, Any], warn: Print) -> str | None:
+    """Why the gate fails a run none of whose cells finished (every cell crashed: nothing
+    to hold to a baseline, and a pass would hide it), or None; a warning naming the cells
+    that did not finish when some did: their seeds are missing from every comparison."""
+    cells = results.get("cells") or []
+    unfinished = [c for c in cells if c.get("status") != "finished"]
+    if not unfinished:
+        return None
+    first = unfinished[0]
+    why = f"{first.get('cell_id')}: {first.get('status')}" + (
+        f" ({first['error']})" if first.get("error") else "")
+    if len(unfinished) == len(cells):
+        return (f"no cell of {run} finished ({len(cells)} of {len(cells)} did not; first "
+                f"{why}); fix the cause and re-run `harness bench`")
+    warn(f"warning: {len(unfinished)} of {len(cells)} cells of {run} did not finish (first "
+         f"{why}); their seeds are missing from every comparison")
+    return None
+
+
 def run_gate(run: Path, baselines: Path | None, *, alpha: float, margin: float,
              say: Print, warn: Print, table: Callable[[Any], None]) -> int:
     """Evaluate the gate of a run directory (module docstring); print the table and lines
     through `say` / `warn` / `table`; return the exit code. UserError when the run or the
     baseline cannot be read (the CLI exits 2)."""
-    from harness.baselines import baseline_results, for_platform, load_baseline, stale_message
+    from harness.baselines import (
+        baseline_results,
+        for_platform,
+        load_baseline,
+        run_environment,
+        stale_message,
+    )
     from harness.compare import (
         comparisons_table,
         evaluate_comparisons,
@@ -136,18 +161,16 @@ def run_gate(run: Path, baselines: Path | None, *, alpha: float, margin: float,
         load_run,
     )
     from harness.runcheck import finished_traces
-    from harness.rundir import read_json_object
-
     spec, results = load_run(run)
+    if broken := _unfinished(run, results, warn):
+        say(f"gate: FAIL ({broken})")
+        return 1
     traces = finished_traces(run, results)
     kw = {"alpha": alpha, "margin": margin}
     rows = [r for r in evaluate_comparisons(spec, results, **kw) if r["gate"]]
     path, doc = load_baseline(results["spec"], baselines)
     exact: ExactCheck | None = None
-    env: dict[str, Any] = {}
-    if (run / "environment.json").exists():
-        env = read_json_object(run / "environment.json", "the run's environment",
-                               "re-run `harness bench` on its spec to rebuild it")
+    env = run_environment(run)
     if doc is not None:
         doc = for_platform(doc, env)  # an exact baseline's variant for this run's machine
     if doc is None:

@@ -5,7 +5,9 @@ any cell starts, one line per problem.
 directory must hold a loadable config, weights and a tokenizer; a hub model must be in the HF
 cache at its revision; a dataset source must load its records from the cache or local files.
 `harness bench` runs the same checks before its first cell, with the hub allowed unless the
-process is offline (HF_HUB_OFFLINE): cells would otherwise fail one by one, minutes in.
+process is offline (HF_HUB_OFFLINE): a hub model not in the cache must then be known to the
+hub at its revision (one metadata request, `HUB_TIMEOUT_S`), so a mistyped id or an
+unreachable hub is one line in seconds; cells would otherwise fail one by one, minutes in.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
 _WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _TRUE = ("1", "true", "yes", "on")
+
+
+HUB_TIMEOUT_S = 10.0  # one metadata request to the hub before the first cell
 
 
 def hub_offline() -> bool:
@@ -61,6 +66,59 @@ def _missing_files(d: Path) -> str | None:
         return f"config.json is not readable JSON ({type(e).__name__})"
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         return "config.json names no model_type"
+    return _tokenizer_problem(d)
+
+
+def _tokenizer_problem(d: Path) -> str | None:
+    """Why the directory's tokenizer does not load (as `load_policy` loads it), or None: a
+    tokenizer.json that is not one fails only at a cell's start otherwise."""
+    from harness.policy.loading import is_tiny_dir
+
+    try:
+        if is_tiny_dir(d):
+            from transformers import PreTrainedTokenizerFast
+
+            PreTrainedTokenizerFast.from_pretrained(d)
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(d)
+    except Exception as e:  # a broken file raises whatever its parser raises
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        return f"its tokenizer does not load: {type(e).__name__}: {first}"
+    return None
+
+
+def _hub_problem(m: ModelSpec, rev: str) -> str | None:
+    """With the hub allowed: None when the model is in the HF cache or the hub knows it at
+    that revision; else one line. Bounded: one metadata request with a short timeout, so an
+    unreachable hub costs seconds here, not a retry loop in every cell."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        snapshot_download(m.id, revision=m.revision, local_files_only=True)
+        return None
+    except Exception:  # not cached here: ask the hub
+        pass
+    try:
+        HfApi().model_info(m.id, revision=m.revision, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return (f"model {m.id}@{rev} is gated on the hub: accept its terms and log in "
+                "(`hf auth login`), or pass a local directory")
+    except RevisionNotFoundError:
+        return f"model {m.id} has no revision {rev!r} on the hub: check the revision"
+    except RepositoryNotFoundError:
+        return (f"model {m.id!r} is not on the hub (or is private): check the id, or pass a "
+                "local directory")
+    except Exception as e:  # no network, a proxy, a timeout
+        return (f"model {m.id}@{rev} is not in the HF cache and the hub cannot be reached "
+                f"({type(e).__name__}): fetch it once with network access (`hf download "
+                f"{m.id} --revision {rev}`) or pass a local directory")
     return None
 
 
@@ -78,11 +136,11 @@ def model_problem(m: ModelSpec, *, offline: bool) -> str | None:
             return (f"model directory {m.id!r} cannot be loaded ({why}): it must hold a model "
                     "saved with save_pretrained (config.json, weights, tokenizer files)")
         return None
+    rev = m.revision or "main"
     if not offline:
-        return None  # fetched from the hub when its cell starts
+        return _hub_problem(m, rev)  # fetched from the hub when its cell starts
     from huggingface_hub import snapshot_download
 
-    rev = m.revision or "main"
     try:
         where = Path(snapshot_download(m.id, revision=m.revision, local_files_only=True))
     except Exception as e:  # LocalEntryNotFoundError, a bad id or revision: not here

@@ -55,6 +55,10 @@ def write_json(path: Path, data: Any) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):  # on a read-only file system this fails too
             tmp.unlink(missing_ok=True)
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UserError(f"cannot write {path}: {above} is a file, not a directory; "
+                            "choose another path") from None
         raise UserError(f"cannot write {path}: {e.strerror or e}; {write_fix(e)}") from None
 
 

@@ -79,6 +79,8 @@ def _harness(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Path:
+    """An empty baselines directory (a named one that does not exist is an error)."""
+    (tmp_path / "baselines").mkdir()
     return tmp_path / "baselines"
 
 
@@ -231,7 +233,6 @@ def test_bad_run_directories_end_in_one_error_line(
 def test_malformed_baseline_file_is_one_error_line(
         tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _make_run(tmp_path / "run", _spec(3), es_shift=0.0)
-    store.mkdir()
     (store / "gate-demo.json").write_text(json.dumps({"format": 1, "spec": "gate-demo"}))
     rc, _, err = _harness(capsys, "gate", str(run), "--baselines", str(store))
     assert rc == 2 and err.count("error:") == 1 and "malformed" in err

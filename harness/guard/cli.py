@@ -35,6 +35,8 @@ def _seeds(text: str | None) -> list[int] | None:
     try:
         for part in text.split(","):
             a, _, b = part.strip().partition("-")
+            if b and int(b) < int(a):
+                raise ValueError
             out += list(range(int(a), int(b) + 1)) if b else [int(a)]
     except ValueError:
         raise UserError(f"--seeds {text!r}: use a list like 0,1,2 or a range like 0-5") from None
@@ -49,9 +51,11 @@ def _campaigns(runs: list[Path], controller: str, seeds: str | None) -> list[Any
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if not cs:
-        raise UserError(f"no finished campaign of controller {controller!r} in "
-                        f"{', '.join(map(str, runs))}: point at runs with naive cells, or "
-                        f"pass --controller any")
+        among = "" if seeds is None else f" with seeds {seeds}"
+        raise UserError(f"no finished campaign of controller {controller!r}{among} in "
+                        f"{', '.join(map(str, runs))}: point at runs with such cells, or "
+                        f"pass --controller any" + ("" if seeds is None else
+                                                    " or other --seeds"))
     return cs
 
 
@@ -142,7 +146,12 @@ def tune(runs: Runs, out: Annotated[Path | None, typer.Option(
     res = run_tune(_campaigns(runs, controller, seeds), max_signals=max_signals,
                    max_false_alarm_share=max_false_alarms, min_lead=min_lead)
     if out is not None:
-        out.write_text(json.dumps(res, indent=2) + "\n")
+        from harness.rundir import write_json
+
+        if out.is_dir():
+            raise UserError(f"--out {out} is a directory; name the JSON file to write, e.g. "
+                            f"{out / 'guard.json'}")
+        write_json(out, res)  # atomic: a failed write leaves no half file
     if as_json:
         sys.stdout.write(json.dumps(res, indent=2) + "\n")
         return

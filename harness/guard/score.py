@@ -14,7 +14,6 @@ campaigns it fired on, and `before_peak`: signature campaigns it fired on before
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -43,7 +42,8 @@ def load_campaigns(runs: Iterable[Path], controller: str | None = "naive",
 
     A campaign a controller stopped early is left out: its cliff never happened, so it can
     neither be caught nor be a false alarm."""
-    from harness.runner.trace import read_trace
+    from harness.rundir import read_json_object
+    from harness.runner.trace import read_trace_checked
 
     cells: list[Path] = []
     for run in runs:
@@ -59,7 +59,8 @@ def load_campaigns(runs: Iterable[Path], controller: str | None = "naive",
     for cell in cells:
         cfg = {}
         if (cell / "config.json").is_file():
-            cfg = json.loads((cell / "config.json").read_text()).get("config", {})
+            cfg = read_json_object(cell / "config.json", "the cell's config",
+                                   "re-run `harness bench` on its spec").get("config") or {}
         name = (cfg.get("controller") or {}).get("name")
         seed = cfg.get("seed")
         if controller is not None and name is not None and name != controller:
@@ -68,7 +69,10 @@ def load_campaigns(runs: Iterable[Path], controller: str | None = "naive",
             continue
         steps: dict[int, list[dict[str, Any]]] = {}
         done: dict[int, dict[str, Any]] = {}
-        for r in read_trace(cell / "trace.jsonl"):
+        # a finished cell's trace (it has its result.json) must be whole, as in `harness gate`
+        records, _ = read_trace_checked(cell / "trace.jsonl",
+                                        complete=(cell / "result.json").is_file())
+        for r in records:
             if r["type"] == "step":
                 steps.setdefault(r["campaign"], []).append(r)
             elif r["type"] == "campaign":

@@ -103,6 +103,10 @@ def load_policy(spec: ModelSpec, cache_dir: Path | None = None) -> Policy:
         model = AutoModelForCausalLM.from_pretrained(where, revision=revision, dtype=dtype)
     except (OSError, ValueError) as e:
         raise UserError(_load_failure(spec.id, where, e)) from None
+    except Exception as e:  # a damaged file in a directory raises what its parser raises
+        if not isinstance(where, Path):
+            raise
+        raise UserError(_load_failure(spec.id, where, e)) from None
     _ensure_special_tokens(tokenizer, spec.id)
     model.to(device)
     model.eval()
@@ -124,6 +128,8 @@ def is_tiny_dir(path: Path) -> bool:
 def _load_failure(model_id: str, where: str | Path, err: Exception) -> str:
     if isinstance(where, Path):
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not isinstance(err, (OSError, ValueError)):
+            reason = f"{type(err).__name__}: {reason}"
         return (f"model directory {str(where)!r} cannot be loaded ({reason}): it must hold a "
                 "model saved with save_pretrained (config.json, weights, tokenizer files)")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")

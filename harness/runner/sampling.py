@@ -61,7 +61,8 @@ class Sampler:
                 self._grader = GraderPool(
                     workers=max(1, self.cell.grader.workers // self.ranks.world))
         except GraderError as e:
-            raise UserError(f"cell {self.cell.cell_id}: grader cannot start: {e}") from None
+            why = str(e).removeprefix("grader cannot start: ")
+            raise UserError(f"cell {self.cell.cell_id}: grader cannot start: {why}") from None
         self._owns_grader = True
         if self.cell.grader.cache:
             self._grader = VerdictCache(self._grader)

@@ -28,7 +28,7 @@ Label = Annotated[str, Field(pattern=LABEL_RE)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 # A seed: what every random generator the harness seeds accepts.
-Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED)]
+Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED, strict=True)]  # true is not seed 1
 
 
 def _at_most(n: float) -> str:

@@ -266,6 +266,8 @@ def expectation_outcome(result: PairedComparison, expect: Expect) -> tuple[Outco
             return "fail", f"expected no_difference, found {v}"
         return "inconclusive", "expected no_difference; not credible either way"
     if expect == "no_worse":
+        if result.n == 0:  # nothing to hold: no seed finished on both sides
+            return "inconclusive", "expected no_worse; no paired seed to check it on"
         if v == "regresses":
             return "fail", "expected no_worse, found a credible regression"
         ci = result.ci

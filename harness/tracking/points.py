@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.results import chain_aggregates
-from harness.runner.trace import read_trace
+from harness.runner.trace import read_trace_checked
 
 CHECKPOINT_POLICIES = ("none", "final", "carried", "all")
 DEFAULT_CHECKPOINTS = "carried"
@@ -188,7 +188,10 @@ def cell_keys(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trace_digest(path: Path) -> tuple[list[dict[str, Any]], str]:
-    records = read_trace(path)
+    """The trace's records (a corrupt line, or a cut-off one in the trace of a finished
+    cell, is a one-line UserError as in `harness gate`) and a digest of them."""
+    records = read_trace_checked(path, complete=(path.parent / "result.json").is_file()
+                                 )[0] if path.exists() else []
     h = hashlib.sha256()
     for r in records:
         h.update(json.dumps(r, sort_keys=True, allow_nan=True).encode())
