@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.errors import UserError
-from harness.rundir import read_json_object
+from harness.rundir import read_json_object, require_run_dir
 from harness.spec import Spec
 from harness.stats import (
     expectation_outcome,
@@ -41,9 +41,7 @@ def _missing(doc: dict[str, Any], keys: tuple[str, ...]) -> str:
 def load_run_files(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(results.json, resolved_spec.json) of a run directory, checked enough to compare:
     UserError (one line) when the directory, a file or a needed key is missing or broken."""
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass the directory "
-                        "`harness bench` printed (runs/<spec>@<version>/<run-id>)")
+    require_run_dir(run_dir)
     fix = "re-run `harness bench` on its spec to rebuild it"
     results = read_json_object(run_dir / "results.json", "the run's results", fix)
     resolved = read_json_object(run_dir / "resolved_spec.json", "the run's resolved spec", fix)

@@ -71,6 +71,14 @@ def write_fix(e: OSError) -> str:
     return "check the directory or choose another --out"
 
 
+def require_run_dir(run_dir: Path) -> None:
+    """A one-line UserError unless `run_dir` is a directory (missing, or a file)."""
+    if not run_dir.is_dir():
+        what = "is a file, not a run directory" if run_dir.exists() else "does not exist"
+        raise UserError(f"run directory {run_dir} {what}; pass the directory `harness bench` "
+                        "wrote (runs/<spec>@<version>/<run-id>, or its --out)")
+
+
 def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
     """A JSON object from `path`, or a one-line `UserError`: `path (what) does not exist; fix`,
     `... is not valid JSON (line N: why); fix`, `... is not a JSON object; fix`, or `cannot
@@ -80,6 +88,8 @@ def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{path} ({what}) does not exist; {fix}") from None
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            fix = "check the file's permissions"
         raise UserError(f"cannot read {path} ({what}): {e.strerror or e}; {fix}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         why = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else e.reason

@@ -213,3 +213,25 @@ def test_a_hub_model_that_cannot_be_resolved_is_refused_before_any_cell(tmp_path
     assert len(errors) == 1 and "nobody-xyz/no-such-model-123" in errors[0], r.stderr
     assert "is not on the hub" in errors[0] or "hub cannot be reached" in errors[0]
     assert not list(out.glob("cells/*/trace.jsonl"))
+
+
+def test_a_spec_that_is_not_utf8_names_its_line(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"name: s\nversion: 1\n# caf\xe9\nmodels: [tiny]\n")
+    rc, _, err = _harness(capsys, "validate", str(path))
+    assert rc == 2 and f"{path}:3: not UTF-8 text (byte 0xe9); save the file as UTF-8" in err
+
+
+def test_a_run_path_that_is_a_file_and_a_missing_benchmarks_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for cmd in ("gate", "compare", "report"):
+        rc, _, err = _harness(capsys, cmd, str(afile))
+        assert rc == 2 and "is a file, not a run directory" in err, (cmd, err)
+    monkeypatch.setenv("HARNESS_BENCHMARKS", str(tmp_path / "nowhere"))
+    for args in (["list"], ["bench", "tiny-smoke"]):
+        rc, _, err = _harness(capsys, *args)
+        assert rc == 1 and err.count("error:") == 1 and "HARNESS_BENCHMARKS=" in err, err

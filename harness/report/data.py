@@ -14,7 +14,7 @@ from typing import Any
 from harness.errors import UserError
 from harness.results import arm_rows, campaign_signature, mean_ci, seed_values
 from harness.runcheck import check_finished
-from harness.rundir import read_json_object
+from harness.rundir import read_json_object, require_run_dir
 from harness.runner.trace import read_trace_checked
 
 ArmKey = tuple[str, str, str]   # (model, method, controller) labels
@@ -73,9 +73,7 @@ def read_cell_trace(path: Path, complete: bool = False
 
 def load_run(run_dir: Path) -> RunData:
     """Read a run directory; raise `UserError` naming the problem and the fix."""
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass the directory "
-                        "`harness bench` wrote (runs/<spec>@<version>/<run-id>, or its --out)")
+    require_run_dir(run_dir)
     rerun = "run `harness bench SPEC --out RUN_DIR` to (re)collect it"
     results = read_json_object(run_dir / "results.json", "the run's results",
                                "`harness bench` writes it when it ends: wait for a running "

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 import harness.spec.limits as limits
-from harness.errors import SpecError, SpecProblem
+from harness.errors import SpecError, SpecProblem, UserError
 from harness.registry import did_you_mean
 from harness.spec.schema import Spec
 
@@ -37,8 +37,12 @@ def benchmarks_dir() -> Path:
 
 
 def registered_specs() -> dict[str, Path]:
-    """Registered spec names -> files (`benchmarks/*.yaml`)."""
+    """Registered spec names -> files (`benchmarks/*.yaml`). $HARNESS_BENCHMARKS naming a
+    directory that is not there is a UserError (a typo must not read as "no specs")."""
     d = benchmarks_dir()
+    if os.environ.get("HARNESS_BENCHMARKS") and not d.is_dir():
+        raise UserError(f"HARNESS_BENCHMARKS={d} is not a directory; point it at the folder of "
+                        "spec files (*.yaml), or unset it for the repository's benchmarks/")
     return {p.stem: p for p in sorted(d.glob("*.yaml"))} if d.is_dir() else {}
 
 
@@ -116,8 +120,14 @@ def _read_text(path: Path) -> str:
             raw = f.read(cap + 1)
         if len(raw) > cap:  # grew, or a special file that reports no size
             raise _limit(name, None, f"spec file is over {cap // 1024} KiB; {too_big}")
-        return raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise SpecError([SpecProblem(name, line, "", f"not UTF-8 text (byte "
+                                         f"{raw[e.start]:#04x}); save the file as UTF-8")]
+                            ) from None
+    except OSError as e:
         raise SpecError([SpecProblem(name, None, "", f"cannot read spec file: {e}")]) from None
 
 
