@@ -428,6 +428,10 @@ def compare(
             rows = evaluate_comparisons(spec, results, other, **kw) + evaluate_same_arms(
                 results, other, kind=kind, gate=False, **kw)
     if not rows:
+        if against is not None:  # asked for a comparison and there is nothing to pair
+            raise UserError(f"{run} and {against} share no arm and {results['spec']}@"
+                            f"{results['version']} declares no comparisons: nothing to "
+                            "compare; pass a run of the same spec to --against")
         out.print(f"{results['spec']}@{results['version']} declares no comparisons; add "
                   "`comparisons:` to the spec or use --against", markup=False, highlight=False)
         return

@@ -70,6 +70,10 @@ def check_finished(run_dir: Path, entry: Mapping[str, Any], path: Path,
         raise UserError(f"cell {entry.get('cell_id')} is finished in "
                         f"{run_dir / 'results.json'} but its trace {path} has no `final` "
                         f"record; {REBUILD}")
+    if records[-1] is not final:  # a cell writes nothing after its final record
+        raise UserError(f"{path}:{len(records)}: a `{records[-1]['type']}` record after the "
+                        "cell's `final` record: the trace was appended to after the cell "
+                        "finished; delete the cell directory and re-run `harness bench`")
     eoc = entry.get("end_of_chain") or {}
     for key in ("pass1_test", "pass1_eval", "carried_from"):
         if not _same(eoc.get(key), final.get(key)):

@@ -235,3 +235,28 @@ def test_a_run_path_that_is_a_file_and_a_missing_benchmarks_dir(
     for args in (["list"], ["bench", "tiny-smoke"]):
         rc, _, err = _harness(capsys, *args)
         assert rc == 1 and err.count("error:") == 1 and "HARNESS_BENCHMARKS=" in err, err
+
+
+@pytest.mark.parametrize(("body", "line", "says"), [
+    ("comparisons:\n  - candidate: {method: reinforce, controller: naive}\n"
+     "    baseline: {method: reinforce, controller: naive}\n", 5, "the same arm"),
+    ("tasks: {source: synthetic, options: {data_files: x.jsonl}}\n", 4,
+     "unknown option(s) ['data_files'] for task source 'synthetic'"),
+])
+def test_specs_that_would_run_but_mean_nothing_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, line: int,
+        says: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nversion: 1\nmodels: [tiny]\n" + body)
+    rc, _, err = _harness(capsys, "validate", str(path))
+    assert rc == 2 and f"{path}:{line}:" in err and says in err, err
+
+
+def test_a_record_after_the_final_one_stops_the_gate(
+        run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = _trace(run)
+    lines = trace.read_text().splitlines()
+    step = next(ln for ln in lines if json.loads(ln)["type"] == "step")
+    trace.write_text("\n".join([*lines, step]) + "\n")
+    rc, _, err = _harness(capsys, "gate", str(run))
+    assert rc == 2 and f"{trace}:{len(lines) + 1}: a `step` record after" in err, err

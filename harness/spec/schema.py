@@ -313,6 +313,13 @@ class ComparisonSpec(_Strict):
     gate: bool = Field(False, description="A regression here fails `harness gate`.")
     note: str = Field("", description="Where the expectation comes from.")
 
+    @model_validator(mode="after")
+    def _two_arms(self) -> ComparisonSpec:
+        if self.candidate == self.baseline:
+            raise ValueError("candidate and baseline are the same arm: a comparison pairs two "
+                             "different arms")
+        return self
+
 
 class ExcludeRule(_Strict):
     """Drop every cell matching all given keys (labels; seed as an integer)."""

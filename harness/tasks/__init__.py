@@ -45,7 +45,12 @@ def source_version(name: str) -> str | None:
 def resolve_options(source: str, options: dict[str, Any]) -> dict[str, Any]:
     """A source's options checked and completed with their defaults (the pinned dataset
     revision among them), for the resolved spec; unchanged for a source without an
-    `Options` model (synthetic checks its own when it runs). Raises ValueError."""
+    `Options` model (synthetic's are checked, and kept as written). Raises ValueError."""
+    if source == "synthetic":  # checked here too, so a bad option is a spec error
+        from harness.tasks.synthetic import SyntheticOptions
+
+        SyntheticOptions.from_dict(options)
+        return options
     options_cls = getattr(TASK_SOURCES.get(source), "Options", None)
     if options_cls is None:
         return options
