@@ -282,13 +282,15 @@ def test_tuning_on_the_calibration_traces_gives_the_defaults_and_the_documented_
     assert [front.get(f) for f in (0, 1, 3, 6, 8, 11, 16)] == [1, 5, 7, 14, 20, 23, 25]
 
 
-def _cell_dir(tmp_path: Any, name: str, curve: list[float], controller: str = "naive") -> Any:
+def _cell_dir(tmp_path: Any, name: str, curve: list[float], controller: str = "naive",
+              method: dict[str, Any] | None = None) -> Any:
     import json
 
     d = tmp_path / "cells" / name
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"cell_id": name, "config": {
-        "controller": {"name": controller}, "seed": 7}}))
+        "controller": {"name": controller}, "seed": 7,
+        "method": method or {"name": "reinforce", "label": None}}}))
     lines = [{"type": "plan", "campaign": 0}]
     lines += [{"type": "step", "campaign": 0, "step": s, "eval_pass1": v, "eval_samples": 480}
               for s, v in enumerate(curve)]
@@ -322,3 +324,23 @@ def test_guard_cli_scores_and_tunes_a_run_and_says_what_is_wrong(tmp_path: Any, 
     assert "drop_confidence: Input should be less than 1" in capsys.readouterr().err
     assert main(["guard", "score", str(tmp_path / "nowhere")]) == 1
     assert "neither a run directory" in capsys.readouterr().err
+
+
+def test_guard_cli_scores_one_method_of_a_run(tmp_path: Any, capsys: Any) -> None:
+    """--method keeps the cells of one arm: by its label, or by its name where it has none."""
+    import json
+
+    from harness.cli import main
+
+    _cell_dir(tmp_path, "a", COLLAPSE)
+    _cell_dir(tmp_path, "b", FLAT, method={"name": "reinforce", "label": "reinforce-kl"})
+    _cell_dir(tmp_path, "c", FLAT, method={"name": "grpo"})
+    for method, sources in (("reinforce", ["a"]), ("reinforce-kl", ["b"]), ("grpo", ["c"]),
+                            (None, ["a", "b", "c"])):
+        args = [] if method is None else ["--method", method]
+        assert main(["guard", "score", str(tmp_path), "--json", *args]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert [r["source"] for r in out["campaigns"]] == sources, method
+    assert main(["guard", "tune", str(tmp_path), "--method", "dapo"]) == 1
+    err = capsys.readouterr().err
+    assert "of method 'dapo'" in err and "another --method" in err, err

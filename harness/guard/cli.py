@@ -20,6 +20,10 @@ Runs = Annotated[list[Path], typer.Argument(
 Controller = Annotated[str, typer.Option(
     "--controller", help="Use the cells whose controller is this one ('any': all). A "
     "controller that stops campaigns early leaves those campaigns out.")]
+Method = Annotated[str | None, typer.Option(
+    "--method", help="Only the cells of this method: its label in the spec (e.g. "
+    "reinforce-kl), or its name where it has none. Default: every method.",
+    show_default=False)]
 Seeds = Annotated[str | None, typer.Option(
     "--seeds", help="Only these seeds: a comma-separated list or a range a-b.",
     show_default=False)]
@@ -43,19 +47,23 @@ def _seeds(text: str | None) -> list[int] | None:
     return out
 
 
-def _campaigns(runs: list[Path], controller: str, seeds: str | None) -> list[Any]:
+def _campaigns(runs: list[Path], controller: str, seeds: str | None,
+               method: str | None = None) -> list[Any]:
     from harness.guard.score import load_campaigns
 
     try:
-        cs = load_campaigns(runs, None if controller == "any" else controller, _seeds(seeds))
+        cs = load_campaigns(runs, None if controller == "any" else controller, _seeds(seeds),
+                            method)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if not cs:
-        among = "" if seeds is None else f" with seeds {seeds}"
+        among = ("" if method is None else f" of method {method!r}") + (
+            "" if seeds is None else f" with seeds {seeds}")
         raise UserError(f"no finished campaign of controller {controller!r}{among} in "
                         f"{', '.join(map(str, runs))}: point at runs with such cells, or "
-                        f"pass --controller any" + ("" if seeds is None else
-                                                    " or other --seeds"))
+                        f"pass --controller any" + ("" if method is None else
+                                                    " or another --method") +
+                        ("" if seeds is None else " or other --seeds"))
     return cs
 
 
@@ -90,8 +98,8 @@ def score(runs: Runs, params: Annotated[Path | None, typer.Option(
               "--params", help="Guard parameters (JSON: a `harness guard tune --out` file, or "
               "an object of GuardParams fields); default: the tuned defaults.",
               show_default=False)] = None,
-          controller: Controller = "naive", seeds: Seeds = None, min_lead: MinLead = 2,
-          as_json: AsJson = False) -> None:
+          controller: Controller = "naive", method: Method = None, seeds: Seeds = None,
+          min_lead: MinLead = 2, as_json: AsJson = False) -> None:
     """Score the guard on recorded campaigns: per campaign, signature or not, onset, trigger
     step, lead time and outcome (caught / late / missed / false alarm / quiet); totals."""
     from pydantic import ValidationError
@@ -111,7 +119,7 @@ def score(runs: Runs, params: Annotated[Path | None, typer.Option(
                 first = f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
             raise UserError(f"--params {params}: not guard parameters ({first}); write the "
                             f"file with `harness guard tune --out`") from None
-    out = run_score(_campaigns(runs, controller, seeds), p, min_lead=min_lead)
+    out = run_score(_campaigns(runs, controller, seeds, method), p, min_lead=min_lead)
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
@@ -129,8 +137,8 @@ def score(runs: Runs, params: Annotated[Path | None, typer.Option(
 def tune(runs: Runs, out: Annotated[Path | None, typer.Option(
              "--out", help="Write the chosen parameters (and their scores) here as JSON.",
              show_default=False)] = None,
-         controller: Controller = "naive", seeds: Seeds = None, min_lead: MinLead = 2,
-         max_signals: Annotated[int, typer.Option(
+         controller: Controller = "naive", method: Method = None, seeds: Seeds = None,
+         min_lead: MinLead = 2, max_signals: Annotated[int, typer.Option(
              "--max-signals", min=1, max=4, help="Signals a rule may combine.")] = 2,
          max_false_alarms: Annotated[float, typer.Option(
              "--max-false-alarms", min=0.0, max=1.0,
@@ -143,7 +151,7 @@ def tune(runs: Runs, out: Annotated[Path | None, typer.Option(
     alarms, fewer signals."""
     from harness.guard.tune import tune as run_tune
 
-    res = run_tune(_campaigns(runs, controller, seeds), max_signals=max_signals,
+    res = run_tune(_campaigns(runs, controller, seeds, method), max_signals=max_signals,
                    max_false_alarm_share=max_false_alarms, min_lead=min_lead)
     if out is not None:
         from harness.rundir import write_json

@@ -36,9 +36,11 @@ class Campaign:
 
 
 def load_campaigns(runs: Iterable[Path], controller: str | None = "naive",
-                   seeds: Sequence[int] | None = None) -> list[Campaign]:
+                   seeds: Sequence[int] | None = None,
+                   method: str | None = None) -> list[Campaign]:
     """The finished campaigns of every cell of the given run directories (or cell directories)
-    whose controller is `controller` (None: any) and whose seed is in `seeds` (None: any).
+    whose controller is `controller` (None: any), whose seed is in `seeds` (None: any) and
+    whose method's label (its name where it has none) is `method` (None: any).
 
     A campaign a controller stopped early is left out: its cliff never happened, so it can
     neither be caught nor be a false alarm."""
@@ -64,6 +66,9 @@ def load_campaigns(runs: Iterable[Path], controller: str | None = "naive",
         name = (cfg.get("controller") or {}).get("name")
         seed = cfg.get("seed")
         if controller is not None and name is not None and name != controller:
+            continue
+        m = cfg.get("method") or {}
+        if method is not None and (m.get("label") or m.get("name")) != method:
             continue
         if seeds is not None and seed not in seeds:
             continue
