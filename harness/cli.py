@@ -380,19 +380,12 @@ def compare(
     against the spec's `expect`. The traces of the finished cells are checked against
     results.json first. Exit 2 if a run cannot be evaluated (missing, unreadable, a corrupt
     trace)."""
-    from harness.baselines import (
-        baseline_results,
-        for_platform,
-        load_baseline,
-        run_environment,
-        stale_message,
-    )
     from harness.compare import (
         comparisons_table,
         evaluate_comparisons,
         evaluate_same_arms,
+        load_against,
         load_run,
-        load_run_files,
     )
     from harness.runcheck import finished_traces
 
@@ -403,28 +396,8 @@ def compare(
         if against is None:
             rows = evaluate_comparisons(spec, results, **kw)
         else:
-            if against == "registered":
-                path, doc = load_baseline(results["spec"], baselines)
-                if doc is None:
-                    raise UserError(f"no registered baseline for {results['spec']} ({path}); "
-                                    "register one with `harness baseline register RUN`")
-                stale = stale_message(path, doc, results)
-                if stale:
-                    err.print(f"warning: {stale}", markup=False, highlight=False)
-                # the variant of an exact baseline registered on this run's platform, as
-                # the gate reads it
-                doc = for_platform(doc, run_environment(run))
-                other, kind = baseline_results(doc), "registered"
-            else:
-                other, _ = load_run_files(Path(against))
-                finished_traces(Path(against), other)
-                if other["spec_hash"] != results["spec_hash"]:
-                    err.print(f"note: {against} ran {other['spec']}@{other['version']} "
-                              f"(spec_hash {str(other['spec_hash'])[:12]}), {run} ran "
-                              f"{results['spec']}@{results['version']} "
-                              f"({str(results['spec_hash'])[:12]})",
-                              markup=False, highlight=False)
-                other, kind = {**other, "source": str(against)}, "same_arm"
+            other, kind = load_against(run, results, against, baselines, lambda m: err.print(
+                m, markup=False, highlight=False))
             rows = evaluate_comparisons(spec, results, other, **kw) + evaluate_same_arms(
                 results, other, kind=kind, gate=False, **kw)
     if not rows:

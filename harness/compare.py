@@ -13,6 +13,7 @@ a comparison of the spec; `registered`: an arm vs the same arm of the registered
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,39 @@ def load_run(run_dir: Path) -> tuple[Spec, dict[str, Any]]:
         raise UserError(f"{run_dir / 'resolved_spec.json'}: the stored spec does not validate "
                         f"with this harness ({' '.join(first[:2])})") from None
     return spec, results
+
+
+def load_against(run: Path, results: dict[str, Any], against: str, baselines: Path | None,
+                 warn: Callable[[str], None]) -> tuple[dict[str, Any], str]:
+    """The results `compare --against` pairs a run with, and their kind: `registered` (the
+    spec's registered baseline; an exact one in the variant of the run's platform, as the gate
+    reads it) or another run directory (`same_arm`; its traces checked). `warn` gets a line
+    for a stale baseline, or for a run of another spec."""
+    from harness.baselines import (
+        baseline_results,
+        for_platform,
+        load_baseline,
+        run_environment,
+        stale_message,
+    )
+    from harness.runcheck import finished_traces
+
+    if against == "registered":
+        path, doc = load_baseline(results["spec"], baselines)
+        if doc is None:
+            raise UserError(f"no registered baseline for {results['spec']} ({path}); "
+                            "register one with `harness baseline register RUN`")
+        stale = stale_message(path, doc, results)
+        if stale:
+            warn(f"warning: {stale}")
+        return baseline_results(for_platform(doc, run_environment(run))), "registered"
+    other, _ = load_run_files(Path(against))
+    finished_traces(Path(against), other)
+    if other["spec_hash"] != results["spec_hash"]:
+        warn(f"note: {against} ran {other['spec']}@{other['version']} (spec_hash "
+             f"{str(other['spec_hash'])[:12]}), {run} ran {results['spec']}@"
+             f"{results['version']} ({str(results['spec_hash'])[:12]})")
+    return {**other, "source": str(against)}, "same_arm"
 
 
 # --------------------------------------------------------------------------- rows

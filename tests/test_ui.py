@@ -35,7 +35,9 @@ def test_ui_on_a_moved_run_opens_the_cells_with_their_artifacts(
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", str(moved), "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            # a suite started in the background inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(180):
