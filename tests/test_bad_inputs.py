@@ -260,3 +260,22 @@ def test_a_record_after_the_final_one_stops_the_gate(
     trace.write_text("\n".join([*lines, step]) + "\n")
     rc, _, err = _harness(capsys, "gate", str(run))
     assert rc == 2 and f"{trace}:{len(lines) + 1}: a `step` record after" in err, err
+
+
+def test_run_cell_on_a_broken_config_says_which_part_and_how_to_fix_it(
+        run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (cell,) = (run / "cells").iterdir()
+    cfg = cell / "config.json"
+    good = json.loads(cfg.read_text())
+    fix = "delete it and re-run `harness bench` on its spec, which writes it again"
+    bad_lr = {**good, "config": {**good["config"],
+                                 "optim": {**good["config"]["optim"], "lr": "fast"}}}
+    for doc, says in (({"cell_id": "x"}, "has no config (an object)"),
+                      ({"config": good["config"]}, "has no cell_id (a string)"),
+                      ([1], "is not a JSON object"),
+                      (bad_lr, "is not a valid cell config (lr: Input should be a valid number")):
+        cfg.write_text(json.dumps(doc))
+        rc, _, err = _harness(capsys, "run-cell", str(cell))
+        assert rc == 1 and err.count("error:") == 1 and says in err and fix in err, err
+    rc, _, err = _harness(capsys, "run-cell", str(cfg))
+    assert rc == 1 and "is a file, not a cell directory" in err, err

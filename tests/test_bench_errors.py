@@ -74,7 +74,9 @@ def test_out_dir_of_another_spec_is_refused(tmp_path: Path) -> None:
 def test_run_cell_without_config(tmp_path: Path) -> None:
     r = _harness("run-cell", str(tmp_path))
     assert r.returncode == 1
-    assert r.stderr.startswith("error: cannot read cell config") and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {tmp_path / 'config.json'} (the cell's config) does not "
+                               "exist; delete it and re-run `harness bench`") and "Traceback" \
+        not in r.stderr, r.stderr
 
 
 def test_torn_trace_line_is_ignored_and_partial_campaign_dropped(tmp_path: Path) -> None:

@@ -185,7 +185,7 @@ def test_failing_cells_are_reported_not_retried(ray_cluster: str, tmp_path: Path
     assert codes["broken"] != 0 and codes["missing"] != 0
     exits = {cid: ev for cid, ev in events if ev["event"] == "exit"}
     assert [ev["event"] for cid, ev in events if cid == "broken"] == ["start", "exit"]
-    assert "cannot read cell config" in exits["broken"]["error"]
+    assert "(the cell's config) has no cell_id" in exits["broken"]["error"]
     assert "must be on a filesystem that every node mounts" in exits["missing"]["error"]
     for cell in (broken, missing):  # one attempt each
         assert "retrying" not in (cell / "log.txt").read_text()

@@ -23,21 +23,28 @@ def read_cell(cell_dir: Path) -> Any:
     file and the fix when it is missing or not a valid cell config."""
     from pydantic import ValidationError
 
+    from harness.rundir import read_json_object
     from harness.spec.grid import Cell
 
     cfg_path = cell_dir / "config.json"
-    try:
-        doc = json.loads(cfg_path.read_text())
-        cid = doc["cell_id"]
-        raw = doc["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read cell config {cfg_path}: {e}") from None
+    fix = "delete it and re-run `harness bench` on its spec, which writes it again"
+    if cell_dir.exists() and not cell_dir.is_dir():
+        raise UserError(f"{cell_dir} is a file, not a cell directory (one holding config.json); "
+                        "pass a directory under a run's cells/")
+    doc = read_json_object(cfg_path, "the cell's config", fix)
+    cid, raw = doc.get("cell_id"), doc.get("config")
+    if not isinstance(cid, str) or not isinstance(raw, dict):
+        bad = "cell_id (a string)" if not isinstance(cid, str) else "config (an object)"
+        raise UserError(f"{cfg_path} (the cell's config) has no {bad}; {fix}")
     try:
         return Cell.from_dict(cid, raw)
     except (ValidationError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0]
+        if isinstance(e, ValidationError) and e.errors():
+            err = e.errors()[0]
+            first = f"{'.'.join(str(x) for x in err['loc']) or 'config'}: {err['msg']}"
         raise UserError(f"cell {cid}: config {cfg_path} is not a valid cell config ({first}); "
-                        "re-create it with `harness bench`") from None
+                        f"{fix}") from None
 
 
 def run_cell_dir(cell_dir: Path) -> dict[str, Any] | None:
