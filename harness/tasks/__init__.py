@@ -45,14 +45,14 @@ def source_version(name: str) -> str | None:
 def resolve_options(source: str, options: dict[str, Any]) -> dict[str, Any]:
     """A source's options checked and completed with their defaults (the pinned dataset
     revision among them), for the resolved spec; unchanged for a source without an
-    `Options` model (synthetic's are checked, and kept as written). Raises ValueError."""
-    if source == "synthetic":  # checked here too, so a bad option is a spec error
-        from harness.tasks.synthetic import SyntheticOptions
-
-        SyntheticOptions.from_dict(options)
-        return options
-    options_cls = getattr(TASK_SOURCES.get(source), "Options", None)
+    `Options` model (a source's own `check_options`, where it has one, still checks them, as
+    synthetic's does, so a bad option is a spec error). Raises ValueError."""
+    src = TASK_SOURCES.get(source)
+    options_cls = getattr(src, "Options", None)
     if options_cls is None:
+        check = getattr(src, "check_options", None)
+        if check is not None:
+            check(options)
         return options
     from harness.tasks.options import resolve
 

@@ -5,7 +5,8 @@ them all, so this module imports none of them and no import cycle can form.
 A task source is a callable `(tasks: TasksSpec) -> {"train": [...], "eval": [...],
 "test": [...]}` (or a `Selection`, which also says how the problems were chosen), with an
 optional `version` (of its problems; part of every cell's identity), `Options` (a pydantic
-model of its `tasks.options`, checked and completed when the spec is validated) and
+model of its `tasks.options`, checked and completed when the spec is validated) or else
+`check_options(options)` (raises ValueError; the options are kept as written), and
 `description` (one line for `harness components`).
 """
 

@@ -262,12 +262,18 @@ def warm_start_tasks(n: int, seed: int, stdio_share: float = 0.25) -> list[Task]
 
 
 class SyntheticSource:
-    """The `synthetic` task source: `split_tasks` for each split (options checked there)."""
+    """The `synthetic` task source: `split_tasks` for each split (options checked there, and
+    by `check_options` when a spec is validated)."""
 
     name = "synthetic"
     version = FAMILY_VERSION
     description = ('the synthetic family: "apply 1-3 integer operations to x", call or stdio '
                    "style, 5 hidden tests each (the CPU testbed's tasks).")
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Raises ValueError for an option the family does not take or a bad value."""
+        SyntheticOptions.from_dict(options)
 
     def __call__(self, tasks: TasksSpec) -> dict[str, list[Task]]:
         sizes = {"train": tasks.train, "eval": tasks.eval, "test": tasks.test}
