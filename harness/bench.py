@@ -9,6 +9,7 @@ campaign. `results.json` is (re)built from the cells' results at the end of ever
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.errors import PreflightError, UserError
+from harness.procutil import interrupt_signal
 from harness.results import build_results
 from harness.rundir import default_run_dir, environment, write_json
 from harness.spec import Cell, Spec, expand_cells, resolved_dict, spec_hash
@@ -71,23 +73,28 @@ def record_executor(run_dir: Path, info: dict[str, Any]) -> None:
 
 
 class Interrupted(UserError):
-    """Ctrl-C (SIGINT) stopped `harness bench`: what was running, where the run is kept; the
-    command line prints it with the command that resumes the run."""
+    """Ctrl-C (SIGINT), or SIGTERM or SIGHUP (`procutil.Terminated`), stopped `harness bench`:
+    what was running, where the run is kept; the command line prints it with the command that
+    resumes the run. Exit status 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM),
+    as a shell reports a process the signal ended."""
 
-    exit_code = 130
-
-    def __init__(self, run_dir: Path | None, running: dict[str, int], campaigns: int) -> None:
+    def __init__(self, run_dir: Path | None, running: dict[str, int], campaigns: int,
+                 signum: int = signal.SIGINT) -> None:
         self.run_dir, self.running, self.campaigns = run_dir, running, campaigns
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
         cells = ", ".join(f"cell {cid} " + (f"in campaign {k + 1} of {campaigns}" if k < campaigns
                                             else "in its final test evaluation")
                           for cid, k in running.items())
-        super().__init__(f"interrupted {cells or 'before any cell started'}"
+        how = ("interrupted" if signum == signal.SIGINT
+               else f"stopped by {signal.Signals(signum).name}:")
+        super().__init__(f"{how} {cells or 'before any cell started'}"
                          + (f"; {run_dir} keeps every finished campaign" if run_dir else ""))
 
     @classmethod
     def with_resume(cls, e: Interrupted, command: str) -> Interrupted:
         """`e` ending with the command that resumes the run."""
-        out = cls(e.run_dir, e.running, e.campaigns)
+        out = cls(e.run_dir, e.running, e.campaigns, e.signum)
         out.args = (f"{e}; resume with: {command}",)
         return out
 
@@ -206,8 +213,8 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
         run_dir, cells = prepare_run_dir(spec, out)
         return _bench(spec, run_dir, cells, jobs, console, log_checkpoints, run, executor,
                       executor_options, running)
-    except KeyboardInterrupt:
-        raise Interrupted(run_dir, running, spec.chain.campaigns) from None
+    except KeyboardInterrupt as e:
+        raise Interrupted(run_dir, running, spec.chain.campaigns, interrupt_signal(e)) from None
 
 
 def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Console,
@@ -246,7 +253,11 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
     tracker = Tracker(run_dir, running=todo, checkpoints=log_checkpoints,
                       warn=lambda m: console.print(m, markup=False, highlight=False))
     tracker.start()  # the store opens in the background while policies build and cells run
-    _prebuild_policies(spec, console)
+    try:
+        _prebuild_policies(spec, console)
+    except KeyboardInterrupt:  # the MLflow runs end KILLED, not RUNNING
+        tracker.close(timeout=15, interrupted=True)
+        raise
     failures: dict[str, str] = {}
     if todo:
         jobs = max(1, min(jobs, len(todo)))

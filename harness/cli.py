@@ -236,13 +236,15 @@ def bench(
 
     Re-running the same command skips finished cells and resumes interrupted ones from their
     last finished campaign; Ctrl-C stops it (exit 130) with one line naming the command that
-    resumes it. Progress: bars on a terminal, else (CI logs, a file) one line per finished
-    campaign and per finished cell. Exit 1 if any cell failed (the others still finish). Everything
-    is logged to MLflow ($MLFLOW_TRACKING_URI, else <run dir>/mlflow.db; `harness ui`).
+    resumes it, and so do SIGTERM (143) and SIGHUP (129). Progress: bars on a terminal, else
+    (CI logs, a file) one line per finished campaign and per finished cell. Exit 1 if any cell
+    failed (the others still finish). Everything is logged to MLflow ($MLFLOW_TRACKING_URI,
+    else <run dir>/mlflow.db; `harness ui`).
     """
     from harness.bench import Interrupted
     from harness.bench import bench as run_bench
     from harness.executors import settings_from_command_line
+    from harness.procutil import stop_signals_interrupt
     from harness.spec import load_spec
 
     settings = settings_from_command_line(executor, executor_option or [], {
@@ -250,8 +252,9 @@ def bench(
         "--grader-image": ("grader_image", grader_image)})
     s, _ = load_spec(spec)
     try:
-        _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints,
-                               executor=executor, executor_options={"settings": settings})
+        with stop_signals_interrupt():  # SIGTERM/SIGHUP stop it as Ctrl-C does
+            _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints,
+                                   executor=executor, executor_options={"settings": settings})
     except Interrupted as e:  # one line: what stopped, and the command that resumes it
         import shlex
 
@@ -551,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in e.problems:
             err.print(f"error: {p}", markup=False, highlight=False)
         rc = e.exit_code
-    except UserError as e:  # Ctrl-C (exit 130) is said in the command's own words
-        err.print(str(e) if e.exit_code == 130 else f"error: {e}", markup=False,
+    except UserError as e:  # a signal (Ctrl-C: exit 130) is said in the command's own words
+        err.print(str(e) if e.exit_code > 128 else f"error: {e}", markup=False,
                   highlight=False)
         rc = e.exit_code
     except _NO_ARGS_HELP as e:

@@ -1,10 +1,14 @@
-"""Child processes that do not outlive the process that started them."""
+"""Child processes that do not outlive the process that started them, and a long command
+that stops on SIGTERM or SIGHUP as cleanly as on Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
 PR_SET_PDEATHSIG = 1
 
@@ -15,3 +19,48 @@ def die_with_parent() -> None:
     runs in the child before exec."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# stopped the way Ctrl-C stops a command: by a batch system's time limit, `kill`, a closed
+# terminal
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as an interrupt, so that what Ctrl-C runs
+    on its way out (cells stopped, containers removed, MLflow runs ended KILLED) runs too."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def interrupt_signal(e: KeyboardInterrupt) -> signal.Signals:
+    """The signal behind an interrupt: SIGINT for Ctrl-C, else the `Terminated` one."""
+    return signal.Signals(e.signum) if isinstance(e, Terminated) else signal.SIGINT
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise `Terminated` in the main thread (a signal
+    this process ignores, as under `nohup`, stays ignored). The first one does: the handlers
+    are then reset to the default, so a second one ends the process at once, as a batch
+    system's escalation expects. Elsewhere than in the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        raise Terminated(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -206,3 +206,36 @@ def test_missing_image_is_one_line(docker_images: dict[str, str], tmp_path: Path
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, r.stdout + r.stderr
     assert "no-such-image:1" in errors[0] and "build-local.sh" in errors[0]
+
+
+def test_sigterm_removes_the_containers_and_says_how_to_resume(
+        docker_images: dict[str, str], tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM) of a docker bench while its cell runs: exit 143, one line naming
+    the command that resumes it, and no container left behind: neither the cell's nor the
+    grader's (before, the default action ended the bench at once and both kept running)."""
+    import hashlib
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "tiny-smoke",
+                             "--out", str(out), "--executor", "docker",
+                             "--trainer-image", docker_images["trainer"],
+                             "--grader-image", docker_images["grader"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        traces = list(out.glob("cells/*/trace.jsonl"))
+        if traces and '"type": "step"' in traces[0].read_text():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the bench ended before it could be stopped"
+    os.kill(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 143, output
+    assert "Traceback" not in output
+    assert "stopped by SIGTERM: cell " in output and "resume with: harness bench" in output
+    tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()
+    left = [ln for ln in _docker("ps", "-a", "--format", "{{.Names}}").stdout.splitlines()
+            if ln.startswith((f"harness-grader-{tag[:12]}", f"harness-cell-{tag[:8]}"))]
+    assert not left, (left, output)
