@@ -20,12 +20,16 @@ from rich.table import Table
 from harness.errors import PreflightError, UserError
 from harness.procutil import interrupt_signal
 from harness.results import build_results
-from harness.rundir import default_run_dir, environment, write_json
+from harness.rundir import BenchLock, default_run_dir, environment, write_json
 from harness.spec import Cell, Spec, expand_cells, resolved_dict, spec_hash
 from harness.spec.grid import grid_hash
 
 
-def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
+def prepare_run_dir(spec: Spec, out: Path | None, lock: BenchLock | None = None
+                    ) -> tuple[Path, list[Cell]]:
+    """The run directory of `spec` (`out`, else the default) with its resolved spec,
+    environment and each cell's config.json written, and its cells. A directory that holds
+    another grid's run is refused. With `lock`, it is taken before anything is written."""
     h = spec_hash(spec)
     cells = expand_cells(spec)
     g = grid_hash(cells)
@@ -51,6 +55,8 @@ def prepare_run_dir(spec: Spec, out: Path | None) -> tuple[Path, list[Cell]]:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create run directory {run_dir}: {e.strerror or e}") from None
+    if lock is not None:
+        lock.acquire(run_dir)
     write_json(existing, {"spec_hash": h, "grid_hash": g, "spec": resolved_dict(spec)})
     write_json(run_dir / "environment.json", environment())
     for c in cells:
@@ -209,12 +215,15 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
     run = get_executor(executor)
     running: dict[str, int] = {}  # cell id -> its finished campaigns (Ctrl-C says which)
     run_dir: Path | None = None
+    lock = BenchLock()  # one bench per run directory
     try:
-        run_dir, cells = prepare_run_dir(spec, out)
+        run_dir, cells = prepare_run_dir(spec, out, lock)
         return _bench(spec, run_dir, cells, jobs, console, log_checkpoints, run, executor,
                       executor_options, running)
     except KeyboardInterrupt as e:
         raise Interrupted(run_dir, running, spec.chain.campaigns, interrupt_signal(e)) from None
+    finally:
+        lock.release()
 
 
 def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Console,

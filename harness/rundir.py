@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from harness import __version__
 from harness.errors import UserError
@@ -60,6 +61,49 @@ def write_json(path: Path, data: Any) -> None:
             raise UserError(f"cannot write {path}: {above} is a file, not a directory; "
                             "choose another path") from None
         raise UserError(f"cannot write {path}: {e.strerror or e}; {write_fix(e)}") from None
+
+
+BENCH_LOCK = ".bench.lock"
+
+
+class BenchLock:
+    """One `harness bench` per run directory at a time: an exclusive lock on
+    `<run dir>/.bench.lock` (holding the holder's pid), held until `release` or the process
+    ends. A second bench on the same directory would rewrite its resolved spec and environment
+    under the first, and report the cells the first is running as failed ("already running in
+    another process", each cell's own lock); it is refused with one line instead."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+
+    def acquire(self, run_dir: Path) -> None:
+        path = run_dir / BENCH_LOCK
+        try:
+            f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}; {write_fix(e)}") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            pid = f.read().strip()
+            f.close()
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise UserError(f"cannot lock {path}: {e.strerror or e}") from None
+            raise UserError(f"another `harness bench`{f' (pid {pid})' if pid else ''} is "
+                            f"running on {run_dir}; wait for it to finish, or stop it (Ctrl-C "
+                            "or kill; the run resumes) and run this again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
 
 def write_fix(e: OSError) -> str:

@@ -189,3 +189,42 @@ def test_ctrl_c_says_what_stopped_and_how_to_resume(tmp_path: Path) -> None:
     assert [ln.split(": campaign ")[1][:6] for ln in campaigns] == [
         f"{i} of 3" for i in range(k, 4)]
     assert f"cell {cell.name}: finished (1 of 1 cells done)" in said
+
+
+def test_a_second_bench_on_a_running_directory_is_refused(tmp_path: Path) -> None:
+    """Two `harness bench` on one run directory: the second is refused at once with one line
+    naming the first one's pid (before, it rewrote the run's environment.json and reported the
+    cell the first was running as failed), and the first finishes as if alone."""
+    import os
+    import time
+
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN_SPEC.replace("broken-model", "chain"))
+    out = tmp_path / "run"
+    env = {**os.environ, "HARNESS_MLFLOW": "off"}
+    first = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    t0 = time.monotonic()
+    while not list(out.glob("cells/*/trace.jsonl")):
+        assert first.poll() is None and time.monotonic() - t0 < 600, first.communicate()
+        time.sleep(0.2)
+    env_before = (out / "environment.json").read_text()
+    second = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                             str(out)], capture_output=True, text=True, env=env, timeout=300)
+    running = first.poll() is None
+    _, err = first.communicate(timeout=900)
+    assert running, "the first bench ended before the second one started"
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "Traceback" not in second.stdout + second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert line == (f"error: another `harness bench` (pid {first.pid}) is running on {out}; "
+                    "wait for it to finish, or stop it (Ctrl-C or kill; the run resumes) and run "
+                    "this again"), line
+    assert (out / "environment.json").read_text() == env_before
+    assert first.returncode == 0, err
+    (cell,) = (out / "cells").iterdir()
+    assert "already running" not in (cell / "log.txt").read_text()
+    assert json.loads((out / "results.json").read_text())["cells"][0]["status"] == "finished"
+    r = _harness("bench", str(spec), "--out", str(out))  # the lock went with the first one
+    assert r.returncode == 0 and "(1 of 1 cells already finished)" in r.stdout, r.stderr
