@@ -9,6 +9,7 @@ campaign. `results.json` is (re)built from the cells' results at the end of ever
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,31 @@ class Interrupted(UserError):
         out = cls(e.run_dir, e.running, e.campaigns, e.signum)
         out.args = (f"{e}; resume with: {command}",)
         return out
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what taskset, cgroups' cpusets and
+    batch systems allow), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def oversubscribed(jobs: int, cpus_per_cell: float, cpus: int | None = None) -> str | None:
+    """A warning when `jobs` cells of `cpus_per_cell` torch threads each (as `run-cell` sets
+    them) outnumber the CPUs (`available_cpus`); None when they fit. Results do not change
+    (a cell's thread count is part of its identity, not the number of cells beside it), but
+    cells sharing cores each run at a fraction of their speed."""
+    cpus = available_cpus() if cpus is None else cpus
+    threads = jobs * max(1, int(cpus_per_cell))
+    if threads <= cpus:
+        return None
+    fits = max(1, cpus // max(1, int(cpus_per_cell)))
+    return (f"warning: {jobs} cells at once x {max(1, int(cpus_per_cell))} thread(s) each "
+            f"(resources.cpus_per_cell) = {threads} threads on {cpus} CPU(s): the cells share "
+            f"cores and each runs slower; --jobs {fits} fits this machine (results are the "
+            "same either way)")
 
 
 def finished_campaigns(cell_dir: Path) -> int:
@@ -270,6 +296,8 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
     failures: dict[str, str] = {}
     if todo:
         jobs = max(1, min(jobs, len(todo)))
+        if not run.places_by_cpus and (line := oversubscribed(jobs, spec.resources.cpus_per_cell)):
+            console.print(line, markup=False, highlight=False)
         steps_total = spec.chain.campaigns * (spec.chain.steps + 1)
         cells_done = len(cells) - len(todo)
         # campaigns already said, per cell (a resumed cell's earlier ones among them)

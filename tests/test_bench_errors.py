@@ -228,3 +228,32 @@ def test_a_second_bench_on_a_running_directory_is_refused(tmp_path: Path) -> Non
     assert json.loads((out / "results.json").read_text())["cells"][0]["status"] == "finished"
     r = _harness("bench", str(spec), "--out", str(out))  # the lock went with the first one
     assert r.returncode == 0 and "(1 of 1 cells already finished)" in r.stdout, r.stderr
+
+
+def test_oversubscribed_jobs_are_warned_of() -> None:
+    from harness.bench import oversubscribed
+
+    assert oversubscribed(2, 1, cpus=2) is None
+    assert oversubscribed(1, 2, cpus=2) is None
+    line = oversubscribed(2, 2, cpus=2)  # the guide's case: 2 cells x 2 threads on 2 cores
+    assert line is not None and "= 4 threads on 2 CPU(s)" in line and "--jobs 1 fits" in line
+    assert "--jobs 4 fits" in (oversubscribed(6, 1, cpus=4) or "")
+
+
+def test_bench_warns_when_its_cells_outnumber_the_cpus(tmp_path: Path) -> None:
+    """`--jobs 2` in a process allowed one CPU (taskset, a cpuset): one warning line that
+    says so and what fits; the run itself goes on and finishes."""
+    import os
+
+    spec = tmp_path / "two.yaml"
+    spec.write_text(SPEC.format(model="tiny").replace("broken-model", "two")
+                    + "seeds: [0, 1]\n")
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                        str(tmp_path / "run"), "--jobs", "2"], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "HARNESS_MLFLOW": "off"},
+                       preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stdout.splitlines() if ln.startswith("warning: ")]
+    assert warnings == ["warning: 2 cells at once x 1 thread(s) each (resources.cpus_per_cell) "
+                        "= 2 threads on 1 CPU(s): the cells share cores and each runs slower; "
+                        "--jobs 1 fits this machine (results are the same either way)"], r.stdout

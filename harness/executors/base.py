@@ -56,6 +56,9 @@ class Executor:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Options: ClassVar[type[ExecutorSettings]] = ExecutorSettings
+    # True when the executor places cells by their CPU request itself (ray); otherwise
+    # `harness bench` warns when --jobs cells' threads outnumber this machine's CPUs
+    places_by_cpus: ClassVar[bool] = False
 
     def settings(self, options: ExecutorOptions) -> Any:
         """This executor's settings from `options` (an instance of its `Options`)."""

@@ -372,6 +372,7 @@ class RayExecutor(Executor):
     description = ("Ray tasks on a cluster (a private local one, or --address), with resource "
                    "requests and retries of lost workers from the last campaign.")
     Options = RayOptions
+    places_by_cpus = True
 
     def describe(self, options: ExecutorOptions) -> dict[str, Any]:
         return {"name": self.name, "address": self.settings(options).address or "local",
