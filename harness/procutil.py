@@ -35,9 +35,17 @@ class Terminated(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+# the stop signal `stop_signals_interrupt` received (a library may turn the `Terminated` it
+# raised into a plain KeyboardInterrupt: Ray's core worker does, inside ray.wait and ray.get)
+_received: int | None = None
+
+
 def interrupt_signal(e: KeyboardInterrupt) -> signal.Signals:
-    """The signal behind an interrupt: SIGINT for Ctrl-C, else the `Terminated` one."""
-    return signal.Signals(e.signum) if isinstance(e, Terminated) else signal.SIGINT
+    """The signal behind an interrupt: the `Terminated` one, or the stop signal received
+    within `stop_signals_interrupt`, else SIGINT (Ctrl-C)."""
+    if isinstance(e, Terminated):
+        return signal.Signals(e.signum)
+    return signal.Signals(_received) if _received is not None else signal.SIGINT
 
 
 @contextlib.contextmanager
@@ -50,7 +58,12 @@ def stop_signals_interrupt() -> Iterator[None]:
         yield
         return
 
+    global _received
+    _received = None
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        global _received
+        _received = signum
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         raise Terminated(signum)

@@ -259,3 +259,33 @@ def test_killed_worker_is_retried_from_its_last_campaign(local_run: Path, ray_cl
     # run-cell's resume reruns the unfinished campaign from its start checkpoint: the cell
     # ends exactly where the uninterrupted local run did
     _assert_same_results(out, local_run)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_bench_as_ctrl_c_does(tmp_path: Path) -> None:
+    """`kill PID` of a bench on a private Ray cluster while its cell runs: exit 143 and the
+    resume line, its run-cell stopped. ray.init installs a SIGTERM handler that exits at once
+    (no resume line, MLflow runs left RUNNING); the executor puts the bench's own back."""
+    import sqlite3
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "tiny-smoke",
+                             "--out", str(out), "--executor", "ray"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        traces = list(out.glob("cells/*/trace.jsonl"))
+        if traces and '"type": "step"' in traces[0].read_text():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the bench ended before it could be stopped"
+    os.kill(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 143, output
+    assert "stopped by SIGTERM: cell " in output and "resume with: harness bench tiny-smoke" \
+        in output and "--executor ray" in output, output
+    assert _run_cell_pid(_cell(out)) is None
+    con = sqlite3.connect(out / "mlflow.db")
+    statuses = set(dict(con.execute("SELECT name, status FROM runs").fetchall()).values())
+    con.close()
+    assert statuses == {"KILLED"}, (statuses, output)

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,12 +271,18 @@ def run_ray(cells: dict[str, Path], jobs: int, on_event: OnEvent,
     ray = import_ray()
     private_dir = None
     address = options.settings_as(RayOptions).address
+    # ray.init sets a SIGTERM handler that exits at once (SystemExit): keep the one this
+    # process had (`harness bench`'s stops the run as Ctrl-C does: cells cancelled, MLflow
+    # runs ended KILLED, the resume command said)
+    sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         _join(ray, address)
         where = f"at {address}"
     else:
         private_dir = _start_private(ray, jobs, options)
         where = "started for this run (no --address)"
+    if sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)
     try:
         check_resources(ray.nodes(), options, where)
         return _run(ray, cells, jobs, on_event, options)
