@@ -257,3 +257,50 @@ def test_bench_warns_when_its_cells_outnumber_the_cpus(tmp_path: Path) -> None:
     assert warnings == ["warning: 2 cells at once x 1 thread(s) each (resources.cpus_per_cell) "
                         "= 2 threads on 1 CPU(s): the cells share cores and each runs slower; "
                         "--jobs 1 fits this machine (results are the same either way)"], r.stdout
+
+
+def test_a_cell_killed_by_sigkill_is_named_and_resumes(tmp_path: Path) -> None:
+    """The out-of-memory killer's SIGKILL to a cell's process mid-chain: the bench says the
+    cell was killed by SIGKILL and what to do (before: "exited without output"), exits 1,
+    and the same command resumes the cell to its end."""
+    import os
+    import signal
+    import time
+
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(SPEC.format(model="tiny").replace("broken-model", "chain").replace(
+        "campaigns: 1, steps: 1", "campaigns: 2, steps: 2"))
+    out = tmp_path / "run"
+    env = {**os.environ, "HARNESS_MLFLOW": "off"}
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    t0 = time.monotonic()
+    while True:
+        traces = list(out.glob("cells/*/trace.jsonl"))
+        if traces and '"type": "step"' in traces[0].read_text():
+            break
+        assert p.poll() is None and time.monotonic() - t0 < 600, p.communicate()
+        time.sleep(0.1)
+    cell = traces[0].parent
+    pids = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+            and _cmdline(d)[-2:] == ["run-cell", str(cell)]]
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+    said, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err
+    assert "Traceback" not in said + err
+    (line,) = [ln for ln in (said + err).splitlines() if ln.startswith("error:")]
+    assert line.startswith(f"error: cell {cell.name} failed: its process was killed by SIGKILL "
+                           "(what the kernel's out-of-memory killer sends"), line
+    assert "re-run the same command to resume it from its last finished campaign" in line
+    r = _harness("bench", str(spec), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"cell {cell.name}: finished (1 of 1 cells done)" in r.stdout
+
+
+def _cmdline(proc_dir: Path) -> list[str]:
+    try:
+        return (proc_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []

@@ -37,16 +37,38 @@ def cell_command(cell_dir: Path) -> list[str]:
     return [sys.executable, "-m", "harness.cli", "run-cell", str(cell_dir)]
 
 
-def last_error(cell_dir: Path) -> str:
-    """The line that says why a cell failed (its `error:` line, else the last log line)."""
+def ending_signal(returncode: int | None) -> signal.Signals | None:
+    """The signal that ended a cell's process: a negative return code (a local process), or
+    128 + SIGKILL or SIGTERM (what a container's init, `docker run --init`, exits with); None
+    for an exit of its own."""
+    if returncode is None:
+        return None
+    number = -returncode if returncode < 0 else (
+        returncode - 128 if returncode in (128 + signal.SIGKILL, 128 + signal.SIGTERM) else 0)
+    try:
+        return signal.Signals(number) if number > 0 else None
+    except ValueError:
+        return None
+
+
+def last_error(cell_dir: Path, returncode: int | None = None) -> str:
+    """The line that says why a cell failed: its `error:` line; else, when a signal ended its
+    process (`ending_signal`), which one and what to do; else the last log line."""
     log = cell_dir / "log.txt"
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
-        return "no log written"
-    errors = [ln for ln in lines if ln.startswith("error:")]
+        lines = None
+    errors = [ln for ln in lines or [] if ln.startswith("error:")]
     if errors:
         return errors[-1][len("error:"):].strip()
+    if (sig := ending_signal(returncode)) is not None:
+        why = (" (what the kernel's out-of-memory killer sends: check the machine's free "
+               "memory, or lower optim.micro_batch_size)" if sig == signal.SIGKILL else "")
+        return (f"its process was killed by {sig.name}{why}; re-run the same command to "
+                "resume it from its last finished campaign")
+    if lines is None:
+        return "no log written"
     return lines[-1] if lines else "exited without output"
 
 
@@ -123,7 +145,7 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                     if release:
                         release(cp)
                     on_event(cp.cell_id, {"event": "exit", "returncode": rc,
-                                          "error": last_error(cp.cell_dir) if rc else None})
+                                          "error": last_error(cp.cell_dir, rc) if rc else None})
                     running.remove(cp)
     finally:
         for cp in running:

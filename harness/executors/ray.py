@@ -366,7 +366,7 @@ def _run(ray: Any, cells: dict[str, Path], jobs: int, on_event: OnEvent,
                     _note(rc.cell_dir, f"error: {why}")
                     finish(rc, 1, why)
                     continue
-                finish(rc, code, last_error(rc.cell_dir) if code else None)
+                finish(rc, code, last_error(rc.cell_dir, code) if code else None)
     finally:
         for ref in running:  # interrupted: stop the cells (their run-cell dies with them)
             with contextlib.suppress(Exception):
