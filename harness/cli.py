@@ -212,9 +212,11 @@ LogCheckpoints = Annotated[str, typer.Option(
 def bench(
     spec: Annotated[str, typer.Argument(help="Registered spec name or file.")],
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Run directory (default: runs/<spec>@<version>/<spec hash[:12]>).")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
-                                      help="Cells run in parallel processes.")] = 1,
+        "--out", help="Run directory (default: runs/<spec>@<version>/<grid hash[:12]>, the "
+        "hash of the cell ids; $HARNESS_RUNS replaces runs).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help=(
+        "Cells run in parallel processes, each with resources.cpus_per_cell threads (a "
+        "warning says when they outnumber the CPUs)."))] = 1,
     log_checkpoints: LogCheckpoints = "carried",
     executor: Annotated[str, typer.Option(
         "--executor", help="Where cells run: local (processes here), docker (a trainer "
