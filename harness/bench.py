@@ -38,6 +38,12 @@ def prepare_run_dir(spec: Spec, out: Path | None, lock: BenchLock | None = None
     existing = run_dir / "resolved_spec.json"
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file, not a directory; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run directory {run_dir}: {e.strerror or e}") from None
+    if lock is not None:
+        lock.acquire(run_dir)
     if existing.exists():
         try:
             old = json.loads(existing.read_text())
@@ -52,12 +58,6 @@ def prepare_run_dir(spec: Spec, out: Path | None, lock: BenchLock | None = None
                 f"{run_dir} holds a run of {old.get('spec', {}).get('name')}@"
                 f"{old.get('spec', {}).get('version')} with another grid (spec hash "
                 f"{str(old.get('spec_hash'))[:12]}); choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create run directory {run_dir}: {e.strerror or e}") from None
-    if lock is not None:
-        lock.acquire(run_dir)
     write_json(existing, {"spec_hash": h, "grid_hash": g, "spec": resolved_dict(spec)})
     write_json(run_dir / "environment.json", environment())
     for c in cells:
@@ -86,13 +86,14 @@ class Interrupted(UserError):
     as a shell reports a process the signal ended."""
 
     def __init__(self, run_dir: Path | None, running: dict[str, int], campaigns: int,
-                 signum: int = signal.SIGINT) -> None:
+                 signum: int = signal.SIGINT, cells_done: bool = False) -> None:
         self.run_dir, self.running, self.campaigns = run_dir, running, campaigns
-        self.signum = signum
+        self.signum, self.cells_done = signum, cells_done
         self.exit_code = 128 + int(signum)
-        cells = ", ".join(f"cell {cid} " + (f"in campaign {k + 1} of {campaigns}" if k < campaigns
-                                            else "in its final test evaluation")
-                          for cid, k in running.items())
+        cells = "after every cell ran, while writing the results" if cells_done else ", ".join(
+            f"cell {cid} " + (f"in campaign {k + 1} of {campaigns}" if k < campaigns
+                              else "in its final test evaluation")
+            for cid, k in running.items())
         how = ("interrupted" if signum == signal.SIGINT
                else f"stopped by {signal.Signals(signum).name}:")
         super().__init__(f"{how} {cells or 'before any cell started'}"
@@ -101,7 +102,7 @@ class Interrupted(UserError):
     @classmethod
     def with_resume(cls, e: Interrupted, command: str) -> Interrupted:
         """`e` ending with the command that resumes the run."""
-        out = cls(e.run_dir, e.running, e.campaigns, e.signum)
+        out = cls(e.run_dir, e.running, e.campaigns, e.signum, e.cells_done)
         out.args = (f"{e}; resume with: {command}",)
         return out
 
@@ -121,14 +122,19 @@ def oversubscribed(jobs: int, cpus_per_cell: float, cpus: int | None = None) -> 
     (a cell's thread count is part of its identity, not the number of cells beside it), but
     cells sharing cores each run at a fraction of their speed."""
     cpus = available_cpus() if cpus is None else cpus
-    threads = jobs * max(1, int(cpus_per_cell))
+    per_cell = max(1, int(cpus_per_cell))
+    threads = jobs * per_cell
     if threads <= cpus:
         return None
-    fits = max(1, cpus // max(1, int(cpus_per_cell)))
-    return (f"warning: {jobs} cells at once x {max(1, int(cpus_per_cell))} thread(s) each "
+    if per_cell > cpus:  # no --jobs fits: one cell alone has more threads than CPUs
+        return (f"warning: each cell runs {per_cell} threads (resources.cpus_per_cell) on "
+                f"{cpus} CPU(s){f' ({jobs} cells at once)' if jobs > 1 else ''}: its threads "
+                "share cores and it runs slower than where it has its CPUs (results are the "
+                "same: the thread count is part of the cell)")
+    return (f"warning: {jobs} cells at once x {per_cell} thread(s) each "
             f"(resources.cpus_per_cell) = {threads} threads on {cpus} CPU(s): the cells share "
-            f"cores and each runs slower; --jobs {fits} fits this machine (results are the "
-            "same either way)")
+            f"cores and each runs slower; --jobs {cpus // per_cell} fits this machine (results "
+            "are the same either way)")
 
 
 def finished_campaigns(cell_dir: Path) -> int:
@@ -240,22 +246,24 @@ def bench(spec: Spec, out: Path | None, jobs: int, console: Console,
 
     run = get_executor(executor)
     running: dict[str, int] = {}  # cell id -> its finished campaigns (Ctrl-C says which)
+    stage: list[str] = []  # "results" once every cell ran
     run_dir: Path | None = None
     lock = BenchLock()  # one bench per run directory
     try:
         run_dir, cells = prepare_run_dir(spec, out, lock)
         return _bench(spec, run_dir, cells, jobs, console, log_checkpoints, run, executor,
-                      executor_options, running)
+                      executor_options, running, stage)
     except KeyboardInterrupt as e:
-        raise Interrupted(run_dir, running, spec.chain.campaigns, interrupt_signal(e)) from None
+        raise Interrupted(run_dir, running, spec.chain.campaigns, interrupt_signal(e),
+                          cells_done="results" in stage) from None
     finally:
         lock.release()
 
 
 def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Console,
            log_checkpoints: str, run: Any, executor: str,
-           executor_options: dict[str, Any] | None, running: dict[str, int]
-           ) -> tuple[Path, dict]:
+           executor_options: dict[str, Any] | None, running: dict[str, int],
+           stage: list[str]) -> tuple[Path, dict]:
     from harness.executors import ExecutorOptions, describe
     from harness.tracking import Tracker
 
@@ -296,7 +304,8 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
     failures: dict[str, str] = {}
     if todo:
         jobs = max(1, min(jobs, len(todo)))
-        if not run.places_by_cpus and (line := oversubscribed(jobs, spec.resources.cpus_per_cell)):
+        if not run.places_by_cpus(options) and (
+                line := oversubscribed(jobs, spec.resources.cpus_per_cell)):
             console.print(line, markup=False, highlight=False)
         steps_total = spec.chain.campaigns * (spec.chain.steps + 1)
         cells_done = len(cells) - len(todo)
@@ -360,8 +369,13 @@ def _bench(spec: Spec, run_dir: Path, cells: list[Cell], jobs: int, console: Con
             except KeyboardInterrupt:  # the MLflow runs end KILLED, not RUNNING
                 tracker.close(timeout=15, interrupted=True)
                 raise
-    results = collect_results(spec, run_dir, cells, failures)
-    tracking = tracker.close()
+    stage.append("results")  # an interrupt from here on comes after every cell ran
+    try:
+        results = collect_results(spec, run_dir, cells, failures)
+        tracking = tracker.close()
+    except KeyboardInterrupt:  # the store finishes what it has (every cell ran)
+        tracker.close(timeout=15)
+        raise
     from harness.runcheck import finished_traces
 
     finished_traces(run_dir, results)  # results.json says what the traces say, as gate checks

@@ -51,9 +51,10 @@ def interrupt_signal(e: KeyboardInterrupt) -> signal.Signals:
 @contextlib.contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise `Terminated` in the main thread (a signal
-    this process ignores, as under `nohup`, stays ignored). The first one does: the handlers
-    are then reset to the default, so a second one ends the process at once, as a batch
-    system's escalation expects. Elsewhere than in the main thread this does nothing."""
+    this process ignores, as under `nohup`, stays ignored). The first one does; then a second
+    SIGTERM ends the process at once, as a batch system's escalation expects, and further
+    SIGHUPs are ignored (a closed terminal sends two: the shell's and the kernel's, a fraction
+    of a millisecond apart). Elsewhere than in the main thread this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -64,8 +65,8 @@ def stop_signals_interrupt() -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         global _received
         _received = signum
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         raise Terminated(signum)
 
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -77,3 +78,4 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        _received = None

@@ -192,42 +192,36 @@ def test_ctrl_c_says_what_stopped_and_how_to_resume(tmp_path: Path) -> None:
 
 
 def test_a_second_bench_on_a_running_directory_is_refused(tmp_path: Path) -> None:
-    """Two `harness bench` on one run directory: the second is refused at once with one line
-    naming the first one's pid (before, it rewrote the run's environment.json and reported the
-    cell the first was running as failed), and the first finishes as if alone."""
+    """A run directory another `harness bench` holds (its `.bench.lock`, locked, with its pid;
+    here this test holds it): a bench on it is refused at once with one line naming that pid,
+    and writes nothing there (before, it rewrote the run's environment.json under the first
+    and reported the cell the first was running as failed). Once the lock is free, it runs."""
+    import fcntl
     import os
-    import time
 
-    spec = tmp_path / "chain.yaml"
-    spec.write_text(CHAIN_SPEC.replace("broken-model", "chain"))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(model="tiny"))
     out = tmp_path / "run"
+    out.mkdir()
     env = {**os.environ, "HARNESS_MLFLOW": "off"}
-    first = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
-                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env)
-    t0 = time.monotonic()
-    while not list(out.glob("cells/*/trace.jsonl")):
-        assert first.poll() is None and time.monotonic() - t0 < 600, first.communicate()
-        time.sleep(0.2)
-    env_before = (out / "environment.json").read_text()
-    second = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
-                             str(out)], capture_output=True, text=True, env=env, timeout=300)
-    running = first.poll() is None
-    _, err = first.communicate(timeout=900)
-    assert running, "the first bench ended before the second one started"
-    assert second.returncode == 1, second.stdout + second.stderr
-    assert "Traceback" not in second.stdout + second.stderr
-    (line,) = second.stderr.strip().splitlines()
-    assert line == (f"error: another `harness bench` (pid {first.pid}) is running on {out}; "
-                    "wait for it to finish, or stop it (Ctrl-C or kill; the run resumes) and run "
-                    "this again"), line
-    assert (out / "environment.json").read_text() == env_before
-    assert first.returncode == 0, err
-    (cell,) = (out / "cells").iterdir()
-    assert "already running" not in (cell / "log.txt").read_text()
+    with open(out / ".bench.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"{os.getpid()}\n")
+        held.flush()
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                            str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "Traceback" not in r.stdout + r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line == (f"error: another `harness bench` (pid {os.getpid()}) is running on "
+                        f"{out}; wait for it to finish, or stop it (Ctrl-C or kill; the run "
+                        "resumes) and run this again"), line
+        assert sorted(p.name for p in out.iterdir()) == [".bench.lock"]
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
+                        str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
     assert json.loads((out / "results.json").read_text())["cells"][0]["status"] == "finished"
-    r = _harness("bench", str(spec), "--out", str(out))  # the lock went with the first one
-    assert r.returncode == 0 and "(1 of 1 cells already finished)" in r.stdout, r.stderr
+    assert (out / ".bench.lock").read_text().strip().isdigit()  # the pid of the one that ran
 
 
 def test_oversubscribed_jobs_are_warned_of() -> None:
@@ -238,6 +232,9 @@ def test_oversubscribed_jobs_are_warned_of() -> None:
     line = oversubscribed(2, 2, cpus=2)  # the guide's case: 2 cells x 2 threads on 2 cores
     assert line is not None and "= 4 threads on 2 CPU(s)" in line and "--jobs 1 fits" in line
     assert "--jobs 4 fits" in (oversubscribed(6, 1, cpus=4) or "")
+    alone = oversubscribed(1, 4, cpus=2) or ""  # no --jobs helps: say so, not "--jobs 1 fits"
+    assert alone.startswith("warning: each cell runs 4 threads (resources.cpus_per_cell) on 2 "
+                            "CPU(s): ") and "fits" not in alone
 
 
 def test_bench_warns_when_its_cells_outnumber_the_cpus(tmp_path: Path) -> None:

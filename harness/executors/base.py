@@ -56,9 +56,6 @@ class Executor:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Options: ClassVar[type[ExecutorSettings]] = ExecutorSettings
-    # True when the executor places cells by their CPU request itself (ray); otherwise
-    # `harness bench` warns when --jobs cells' threads outnumber this machine's CPUs
-    places_by_cpus: ClassVar[bool] = False
 
     def settings(self, options: ExecutorOptions) -> Any:
         """This executor's settings from `options` (an instance of its `Options`)."""
@@ -68,6 +65,12 @@ class Executor:
         """What identifies where a run's cells ran (environment.json, results.json, MLflow
         tags). Raises UserError early when the executor cannot run at all."""
         return {"name": self.name}
+
+    def places_by_cpus(self, options: ExecutorOptions) -> bool:
+        """True when the cells run elsewhere, placed by their CPU request (ray on a cluster);
+        False (the default) when they share this machine's CPUs, and `harness bench` warns
+        when --jobs cells' threads outnumber them."""
+        return False
 
     def run(self, cells: dict[str, Path], jobs: int, on_event: OnEvent,
             options: ExecutorOptions) -> dict[str, int]:

@@ -7,6 +7,7 @@ from each cell's trace (the source of truth), so it needs no channel of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ class CellProcess:
     inode: int | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     returncode: int | None = None
+    log_start: int = 0  # the size of log.txt when this attempt started (earlier ones above)
 
 
 def cell_command(cell_dir: Path) -> list[str]:
@@ -51,24 +53,34 @@ def ending_signal(returncode: int | None) -> signal.Signals | None:
         return None
 
 
-def last_error(cell_dir: Path, returncode: int | None = None) -> str:
-    """The line that says why a cell failed: its `error:` line; else, when a signal ended its
-    process (`ending_signal`), which one and what to do; else the last log line."""
-    log = cell_dir / "log.txt"
+def log_size(cell_dir: Path) -> int:
+    """The size of a cell's log.txt now (0 when there is none): where an attempt's lines
+    start."""
     try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        return (cell_dir / "log.txt").stat().st_size
     except OSError:
-        lines = None
-    errors = [ln for ln in lines or [] if ln.startswith("error:")]
-    if errors:
-        return errors[-1][len("error:"):].strip()
+        return 0
+
+
+def last_error(cell_dir: Path, returncode: int | None = None, since: int = 0) -> str:
+    """Why a cell's attempt failed, from what it wrote to log.txt after byte `since` (earlier
+    attempts' lines are not its reasons): when a signal ended its process (`ending_signal`),
+    which one and what to do; else its last `error:` line; else its last line."""
     if (sig := ending_signal(returncode)) is not None:
         why = (" (what the kernel's out-of-memory killer sends: check the machine's free "
-               "memory, or lower optim.micro_batch_size)" if sig == signal.SIGKILL else "")
+               "memory, e.g. run fewer cells at once)" if sig == signal.SIGKILL else "")
         return (f"its process was killed by {sig.name}{why}; re-run the same command to "
                 "resume it from its last finished campaign")
-    if lines is None:
+    try:
+        with open(cell_dir / "log.txt", "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+    except OSError:
         return "no log written"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1][len("error:"):].strip()
     return lines[-1] if lines else "exited without output"
 
 
@@ -125,15 +137,16 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
             while pending and len(running) < jobs:
                 cp = pending.pop(0)
                 log = open(cp.cell_dir / "log.txt", "ab")  # noqa: SIM115 (owned by the child)
+                cp.log_start = os.fstat(log.fileno()).st_size
                 argv = command(cp) if command else cell_command(cp.cell_dir)
                 cp.proc = subprocess.Popen(argv, stdout=log,
                                            stderr=subprocess.STDOUT, env=env,
                                            preexec_fn=die_with_parent)
+                running.append(cp)  # from here on an interrupt stops it (the finally below)
                 log.close()
                 # progress starts after the records a resumed cell already has
                 poll_trace(cp)
                 on_event(cp.cell_id, {"event": "start", "records": cp.records})
-                running.append(cp)
             time.sleep(0.25)
             for cp in list(running):
                 forward_records(cp, on_event)
@@ -145,7 +158,8 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                     if release:
                         release(cp)
                     on_event(cp.cell_id, {"event": "exit", "returncode": rc,
-                                          "error": last_error(cp.cell_dir, rc) if rc else None})
+                                          "error": last_error(cp.cell_dir, rc, cp.log_start)
+                                          if rc else None})
                     running.remove(cp)
     finally:
         for cp in running:
@@ -157,6 +171,8 @@ def run_local(cell_dirs: dict[str, Path], jobs: int,
                     cp.proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     cp.proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        cp.proc.wait(timeout=10)  # its cell lock goes with it
             if release:
                 release(cp)
     return codes

@@ -43,6 +43,7 @@ from harness.executors.local import (
     cell_command,
     forward_records,
     last_error,
+    log_size,
     poll_trace,
 )
 from harness.procutil import die_with_parent
@@ -313,6 +314,7 @@ def _run(ray: Any, cells: dict[str, Path], jobs: int, on_event: OnEvent,
 
     def submit(rc: RayCell) -> None:
         rc.attempt += 1
+        rc.log_start = log_size(rc.cell_dir)  # this attempt's lines start here
         ref = task.options(
             num_cpus=options.cpus_per_cell, num_gpus=options.gpus_per_cell,
             max_retries=0,  # a lost worker is retried here, visibly
@@ -366,7 +368,7 @@ def _run(ray: Any, cells: dict[str, Path], jobs: int, on_event: OnEvent,
                     _note(rc.cell_dir, f"error: {why}")
                     finish(rc, 1, why)
                     continue
-                finish(rc, code, last_error(rc.cell_dir, code) if code else None)
+                finish(rc, code, last_error(rc.cell_dir, code, rc.log_start) if code else None)
     finally:
         for ref in running:  # interrupted: stop the cells (their run-cell dies with them)
             with contextlib.suppress(Exception):
@@ -379,7 +381,11 @@ class RayExecutor(Executor):
     description = ("Ray tasks on a cluster (a private local one, or --address), with resource "
                    "requests and retries of lost workers from the last campaign.")
     Options = RayOptions
-    places_by_cpus = True
+
+    def places_by_cpus(self, options: ExecutorOptions) -> bool:
+        # a cluster places cells by CPU request; the private one (no --address) declares
+        # jobs x cpus_per_cell CPUs whatever this machine has
+        return bool(self.settings(options).address)
 
     def describe(self, options: ExecutorOptions) -> dict[str, Any]:
         return {"name": self.name, "address": self.settings(options).address or "local",
