@@ -4,6 +4,7 @@
         resolved_spec.json     the resolved spec (inheritance applied, defaults filled)
         environment.json       harness version, git commit, Python/package versions, hardware
         results.json           run-level results (written by `harness bench`)
+        .bench.lock            held by the `harness bench` running on it (`BenchLock`)
         cells/<cell_id>/
             config.json        the resolved cell config (what `harness run-cell` runs)
             trace.jsonl        append-only, one JSON line per step (the source of truth)
