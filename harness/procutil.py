@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -19,6 +21,36 @@ def die_with_parent() -> None:
     runs in the child before exec."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def session_members(sid: int) -> list[int]:
+    """The processes of session `sid` (Linux /proc): a server started with
+    `start_new_session=True` and everything it started, whatever process groups they made."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
+                out.append(int(entry.name))
+    return out
+
+
+def stop_session(sid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM every process of session `sid`, then SIGKILL what is left after `grace_s`."""
+    deadline = time.monotonic() + grace_s
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in session_members(sid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        while session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not session_members(sid):
+            return
+        deadline = time.monotonic() + 5.0
 
 
 # stopped the way Ctrl-C stops a command: by a batch system's time limit, `kill`, a closed

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from harness.procutil import session_members
 from harness.tracking.lookup import EXPERIMENT_KIND, VIEW_KEY, VIEW_TAG_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ def test_ui_on_a_moved_run_opens_the_cells_with_their_artifacts(
                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             # a suite started in the background inherits SIGINT ignored
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    servers: list[int] = []
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(180):
@@ -46,6 +48,7 @@ def test_ui_on_a_moved_run_opens_the_cells_with_their_artifacts(
                 break
             except OSError:
                 time.sleep(1)
+        servers = _children(proc.pid)
         con = sqlite3.connect(moved / "mlflow.db")
         (exp_id,) = con.execute("SELECT experiment_id FROM experiments WHERE name = "
                                 "'tiny-smoke@2'").fetchone()
@@ -68,3 +71,48 @@ def test_ui_on_a_moved_run_opens_the_cells_with_their_artifacts(
                         f"{VIEW_KEY}&compareRunsMode=TABLE  (Ctrl-C stops it)")
     assert len(lines) == 1, output  # no registry notice, middleware notice, INFO, warnings
     assert proc.returncode == 0
+    # a SIGINT to `harness ui` alone also stops the server's workers (they were left running)
+    assert len(servers) == 1 and session_members(servers[0]) == []
+
+
+def test_sigterm_to_ui_stops_its_server(tiny_smoke_local_run: Path, tmp_path: Path) -> None:
+    """`kill PID` of `harness ui`: it ends (exit 0) and takes its MLflow server and every
+    process the server started with it; the port is free again (before, the server was left
+    running, holding it)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui",
+                             str(tiny_smoke_local_run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        (server,) = _children(proc.pid)
+        assert len(session_members(server)) > 1, "the server and its workers"
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    assert session_members(server) == []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # nobody holds the port
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(p.name))
+    return out

@@ -5,6 +5,7 @@ embedded SQLite store), the run directory itself (`resolve_run_dir`, `latest_run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -218,25 +219,31 @@ UI_NOISE = re.compile(r"^(Registry store URI not provided|\[MLflow\] Security mi
 
 
 def serve_ui(cmd: list[str]) -> int:
-    """Run `mlflow server` until it ends (Ctrl-C), passing on its output except the start-up
-    noise (UI_NOISE; MLflow's INFO lines and Python's deprecation warnings are also turned
-    off at the source); its exit code, 0 after Ctrl-C."""
+    """Run `mlflow server` until it ends or this process is stopped (Ctrl-C, SIGTERM, SIGHUP),
+    passing on its output except the start-up noise (UI_NOISE; MLflow's INFO lines and
+    Python's deprecation warnings are also turned off at the source); its exit code, 0 once
+    stopped. The server runs in a session of its own, stopped as a whole (its uvicorn and job
+    workers too), so that no server is left holding the port: before, a SIGTERM to `harness
+    ui`, or a SIGINT to it alone, left them running."""
     import subprocess
+
+    from harness.procutil import die_with_parent, stop_session, stop_signals_interrupt
 
     env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING",
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if not UI_NOISE.match(line):
-                sys.stderr.write(line)
-                sys.stderr.flush()
-        return proc.wait()
-    except KeyboardInterrupt:  # the server got the same SIGINT (one process group)
+    with stop_signals_interrupt():
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
+        assert proc.stdout is not None
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 0
+            for line in proc.stdout:
+                if not UI_NOISE.match(line):
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+            return proc.wait()
+        except KeyboardInterrupt:
+            stop_session(proc.pid)  # the server, its web and job workers
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            return 0
