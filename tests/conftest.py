@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,25 @@ def tiny_smoke_local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         str(out)], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout + r.stderr
     return out
+
+
+@pytest.fixture
+def wait_for_steps() -> Callable[..., Path]:
+    """`wait(out, proc, steps=1, timeout=600) -> cell_dir`: wait until the run directory
+    `out` of the running bench `proc` has a cell whose trace holds `steps` step records, and
+    return that cell's directory; fails when the bench ends first or the time runs out (a
+    test that stops a bench mid-run needs it still running)."""
+    import subprocess
+    import time
+
+    def wait(out: Path, proc: subprocess.Popen, steps: int = 1, timeout: float = 600) -> Path:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            for trace in out.glob("cells/*/trace.jsonl"):
+                if trace.read_text().count('"type": "step"') >= steps:
+                    return trace.parent
+            time.sleep(0.1)
+        raise AssertionError("the bench ended before it could be stopped" if proc.poll()
+                             is not None else f"no {steps} step(s) within {timeout:.0f} s")
+
+    return wait

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.runner.trace import Trace, read_trace
 
@@ -256,13 +257,13 @@ def test_bench_warns_when_its_cells_outnumber_the_cpus(tmp_path: Path) -> None:
                         "--jobs 1 fits this machine (results are the same either way)"], r.stdout
 
 
-def test_a_cell_killed_by_sigkill_is_named_and_resumes(tmp_path: Path) -> None:
+def test_a_cell_killed_by_sigkill_is_named_and_resumes(tmp_path: Path,
+                                                       wait_for_steps: Any) -> None:
     """The out-of-memory killer's SIGKILL to a cell's process mid-chain: the bench says the
     cell was killed by SIGKILL and what to do (before: "exited without output"), exits 1,
     and the same command resumes the cell to its end."""
     import os
     import signal
-    import time
 
     spec = tmp_path / "chain.yaml"
     spec.write_text(SPEC.format(model="tiny").replace("broken-model", "chain").replace(
@@ -272,14 +273,7 @@ def test_a_cell_killed_by_sigkill_is_named_and_resumes(tmp_path: Path) -> None:
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(spec), "--out",
                           str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env)
-    t0 = time.monotonic()
-    while True:
-        traces = list(out.glob("cells/*/trace.jsonl"))
-        if traces and '"type": "step"' in traces[0].read_text():
-            break
-        assert p.poll() is None and time.monotonic() - t0 < 600, p.communicate()
-        time.sleep(0.1)
-    cell = traces[0].parent
+    cell = wait_for_steps(out, p)
     pids = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
             and _cmdline(d)[-2:] == ["run-cell", str(cell)]]
     assert len(pids) == 1, pids

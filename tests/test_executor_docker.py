@@ -209,7 +209,7 @@ def test_missing_image_is_one_line(docker_images: dict[str, str], tmp_path: Path
 
 
 def test_sigterm_removes_the_containers_and_says_how_to_resume(
-        docker_images: dict[str, str], tmp_path: Path) -> None:
+        docker_images: dict[str, str], tmp_path: Path, wait_for_steps: Any) -> None:
     """`kill PID` (SIGTERM) of a docker bench while its cell runs: exit 143, one line naming
     the command that resumes it, and no container left behind: neither the cell's nor the
     grader's (before, the default action ended the bench at once and both kept running)."""
@@ -223,13 +223,7 @@ def test_sigterm_removes_the_containers_and_says_how_to_resume(
                              "--trainer-image", docker_images["trainer"],
                              "--grader-image", docker_images["grader"]],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        traces = list(out.glob("cells/*/trace.jsonl"))
-        if traces and '"type": "step"' in traces[0].read_text():
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the bench ended before it could be stopped"
+    wait_for_steps(out, proc)
     os.kill(proc.pid, signal.SIGTERM)
     output = proc.communicate(timeout=180)[0]
     assert proc.returncode == 143, output

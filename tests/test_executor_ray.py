@@ -262,7 +262,8 @@ def test_killed_worker_is_retried_from_its_last_campaign(local_run: Path, ray_cl
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_ray_bench_as_ctrl_c_does(tmp_path: Path) -> None:
+def test_sigterm_stops_a_ray_bench_as_ctrl_c_does(tmp_path: Path, wait_for_steps: Any
+                                                   ) -> None:
     """`kill PID` of a bench on a private Ray cluster while its cell runs: exit 143 and the
     resume line, its run-cell stopped. ray.init installs a SIGTERM handler that exits at once
     (no resume line, MLflow runs left RUNNING); the executor puts the bench's own back."""
@@ -272,13 +273,7 @@ def test_sigterm_stops_a_ray_bench_as_ctrl_c_does(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "tiny-smoke",
                              "--out", str(out), "--executor", "ray"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        traces = list(out.glob("cells/*/trace.jsonl"))
-        if traces and '"type": "step"' in traces[0].read_text():
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the bench ended before it could be stopped"
+    wait_for_steps(out, proc)
     os.kill(proc.pid, signal.SIGTERM)
     output = proc.communicate(timeout=180)[0]
     assert proc.returncode == 143, output

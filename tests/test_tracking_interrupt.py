@@ -11,8 +11,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_signal_leaves_the_mlflow_runs_killed(tiny_smoke_local_run: Path,
-                                                     tmp_path: Path, signum: int) -> None:
+                                                     tmp_path: Path, signum: int,
+                                                     wait_for_steps: Any) -> None:
     # tiny_smoke_local_run: the tiny policy is built, so the cell starts at once
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "tiny-smoke",
@@ -32,13 +33,7 @@ def test_a_stop_signal_leaves_the_mlflow_runs_killed(tiny_smoke_local_run: Path,
                             env={**os.environ, "PYTHONPATH": str(REPO)},
                             # a suite started in the background inherits SIGINT ignored
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        traces = list(out.glob("cells/*/trace.jsonl"))
-        if traces and traces[0].read_text().count('"type": "step"') >= 2:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the bench ended before it could be interrupted"
+    wait_for_steps(out, proc, steps=2, timeout=300)
     if signum == signal.SIGINT:
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     else:

@@ -29,6 +29,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_healthy(base: str) -> None:
+    """Until the MLflow server at `base` answers /health (up to about 3 minutes)."""
+    for _ in range(180):
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+
+
 def test_ui_on_a_moved_run_opens_the_cells_with_their_artifacts(
         tiny_smoke_local_run: Path, tmp_path: Path) -> None:
     moved = tmp_path / "downloaded" / "tiny-smoke-report"
@@ -42,12 +52,7 @@ def test_ui_on_a_moved_run_opens_the_cells_with_their_artifacts(
     servers: list[int] = []
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+        _wait_healthy(base)
         servers = _children(proc.pid)
         con = sqlite3.connect(moved / "mlflow.db")
         (exp_id,) = con.execute("SELECT experiment_id FROM experiments WHERE name = "
@@ -85,12 +90,7 @@ def test_sigterm_to_ui_stops_its_server(tiny_smoke_local_run: Path, tmp_path: Pa
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+        _wait_healthy(f"http://127.0.0.1:{port}")
         (server,) = _children(proc.pid)
         assert len(session_members(server)) > 1, "the server and its workers"
         proc.send_signal(signal.SIGTERM)
