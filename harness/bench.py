@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -415,11 +416,17 @@ def _prebuild_policies(spec: Spec, console: Console) -> None:
             continue
         if (tiny_dir(m.tiny) / "recipe.json").exists():
             continue
-        with console.status(f"building the tiny policy in {tiny_dir(m.tiny)} (first use; "
-                            "cached afterwards)"):
+        what = (f"building the tiny policy in {tiny_dir(m.tiny)} (first use, about a minute; "
+                "cached afterwards)")
+        if not console.is_terminal:  # a log has no spinner: say why nothing moves for a while
+            console.print(what, markup=False, highlight=False)
+        t0 = time.monotonic()
+        with console.status(what):
             try:
                 ensure_tiny(m.tiny)
             except OSError as e:
                 raise UserError(f"cannot build the tiny policy in {tiny_dir(m.tiny)}: "
                                 f"{e.strerror or e}; set HARNESS_CACHE to a writable "
                                 "directory with free space") from None
+        console.print(f"built the tiny policy in {time.monotonic() - t0:.0f} s", markup=False,
+                      highlight=False)

@@ -89,7 +89,7 @@ def validate(
     """Validate specs: every problem on one line ([cyan]file:line: key.path: message[/]);
     exit 2 if any spec is invalid (with --offline: or names a model or dataset that cannot
     be loaded here)."""
-    from harness.spec import expand_cells, load_spec, spec_hash
+    from harness.spec import expand_cells, load_spec, name_clash, spec_hash
 
     failed = 0
     for ref in specs:
@@ -100,6 +100,8 @@ def validate(
             for p in e.problems:
                 err.print(f"error: {p}", markup=False, highlight=False)
             continue
+        if clash := name_clash(spec, path):
+            err.print(clash, markup=False, highlight=False)
         if offline:
             from harness.preflight import problems
 
@@ -247,12 +249,14 @@ def bench(
     from harness.bench import bench as run_bench
     from harness.executors import settings_from_command_line
     from harness.procutil import stop_signals_interrupt
-    from harness.spec import load_spec
+    from harness.spec import load_spec, name_clash
 
     settings = settings_from_command_line(executor, executor_option or [], {
         "--address": ("address", address), "--trainer-image": ("trainer_image", trainer_image),
         "--grader-image": ("grader_image", grader_image)})
-    s, _ = load_spec(spec)
+    s, path = load_spec(spec)
+    if clash := name_clash(s, path):
+        err.print(clash, markup=False, highlight=False)
     try:
         with stop_signals_interrupt():  # SIGTERM/SIGHUP stop it as Ctrl-C does
             _, results = run_bench(s, out, jobs, out_console(), log_checkpoints=log_checkpoints,

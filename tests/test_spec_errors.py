@@ -198,6 +198,42 @@ def test_unknown_registered_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert "did you mean 'qwen3b-care-v2'" in capsys.readouterr().err
 
 
+def test_registered_spec_name_must_be_its_file_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `harness list` shows names and `harness plan NAME` finds files by stem: a registered
+    # spec whose name is not its stem was listed under a name no command could find
+    reg = tmp_path / "benchmarks"
+    reg.mkdir()
+    _write(reg, GOOD.replace("name: t", "name: foo"), "bar.yaml")
+    _write(reg, GOOD.replace("name: t", "name: ok"), "ok.yaml")
+    monkeypatch.setenv("HARNESS_BENCHMARKS", str(reg))
+    assert main(["validate", "bar"]) == 2
+    e = capsys.readouterr().err
+    assert e.count("error:") == 1 and f"{reg / 'bar.yaml'}:1: name: 'foo'" in e, e
+    assert "set `name: bar`, or rename the file to foo.yaml" in e, e
+    assert main(["list"]) == 2
+    captured = capsys.readouterr()
+    assert "bar" in captured.out and "invalid" in captured.out and "ok" in captured.out
+    assert main(["validate", "ok", str(reg / "ok.yaml")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_copy_that_keeps_a_registered_name_is_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a copy of a registered spec, not renamed, would share that spec's runs and baseline
+    copy = _write(tmp_path, GOOD.replace("name: t", "name: tiny-smoke"), "mine.yaml")
+    assert main(["validate", str(copy)]) == 0
+    captured = capsys.readouterr()
+    assert f"ok {copy}: tiny-smoke@1" in captured.out
+    warned = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: {copy}: name 'tiny-smoke'")
+    assert "baselines/tiny-smoke.json" in warned[0] and "a name of its own" in warned[0]
+    registered = Path(__file__).resolve().parents[1] / "benchmarks" / "tiny-smoke.yaml"
+    assert main(["validate", "tiny-smoke", str(registered)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_several_problems_reported_together(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     text = GOOD.replace("steps: 3", "steps: -3").replace("[naive]", "[naiv]") + "colour: red\n"

@@ -1,7 +1,13 @@
 """Benchmark specs: schema, loading with inheritance, identity and the grid."""
 
 from harness.spec.grid import Cell, canonical_json, expand_cells, resolved_dict, spec_hash
-from harness.spec.load import benchmarks_dir, find_spec_file, load_spec, registered_specs
+from harness.spec.load import (
+    benchmarks_dir,
+    find_spec_file,
+    load_spec,
+    name_clash,
+    registered_specs,
+)
 from harness.spec.schema import Spec
 
 __all__ = [
@@ -12,6 +18,7 @@ __all__ = [
     "expand_cells",
     "find_spec_file",
     "load_spec",
+    "name_clash",
     "registered_specs",
     "resolved_dict",
     "spec_hash",

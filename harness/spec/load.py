@@ -419,11 +419,43 @@ def reference_problems(spec: Spec) -> list[tuple[KeyPath, str]]:
     return out
 
 
+def _registered_as(path: Path) -> str | None:
+    """The registered name of a spec file (its stem) when it is one of `registered_specs()`,
+    else None."""
+    d = benchmarks_dir()
+    if not d.is_dir() or path.suffix != ".yaml":
+        return None
+    return path.stem if path.resolve().parent == d.resolve() else None
+
+
 def load_spec(ref: str) -> tuple[Spec, Path]:
     """Load a spec by registered name or path: inheritance applied, defaults filled, every
-    limit of `harness.spec.limits` checked."""
+    limit of `harness.spec.limits` checked. A registered spec's `name` must be its file's stem
+    (`harness list` shows names, `harness bench NAME` finds files by stem)."""
     path = find_spec_file(ref)
     extenders: dict[str, str] = {}
     with _stack_for_depth():
         data, where = _load_raw(path, (), extenders)
-        return validate_data(data, where, str(path), extenders), path
+        spec = validate_data(data, where, str(path), extenders)
+    stem = _registered_as(path)
+    if stem is not None and spec.name != stem:
+        _, line = _line_for(("name",), where, str(path))
+        raise SpecError([SpecProblem(
+            str(path), line, "name",
+            f"{spec.name!r} is not this registered spec's file name ({path.name}): `harness "
+            f"bench {stem}` finds the file by its name, runs and baselines go by `name`; "
+            f"set `name: {stem}`, or rename the file to {spec.name}.yaml")])
+    return spec, path
+
+
+def name_clash(spec: Spec, path: Path) -> str | None:
+    """A warning when a spec file that is not registered takes a registered spec's name (a
+    copy not renamed): its runs, MLflow experiment and baseline would share that spec's."""
+    if _registered_as(path) is not None:
+        return None
+    other = registered_specs().get(spec.name)
+    if other is None or other.resolve() == path.resolve():
+        return None
+    return (f"warning: {path}: name {spec.name!r} is the registered spec {other}'s: this "
+            f"file's runs (runs/{spec.name}@{spec.version}/), MLflow experiment and baseline "
+            f"(baselines/{spec.name}.json) would share that spec's; give it a name of its own")
