@@ -451,7 +451,7 @@ def load_spec(ref: str) -> tuple[Spec, Path]:
 def name_clash(spec: Spec, path: Path) -> str | None:
     """A warning when a spec file that is not registered takes a registered spec's name (a
     copy not renamed): its runs, MLflow experiment and baseline would share that spec's."""
-    if _registered_as(path) is not None:
+    if _registered_as(path) is not None or not benchmarks_dir().is_dir():
         return None
     other = registered_specs().get(spec.name)
     if other is None or other.resolve() == path.resolve():
