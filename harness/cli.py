@@ -411,9 +411,10 @@ def compare(
                 results, other, kind=kind, gate=False, **kw)
     if not rows:
         if against is not None:  # asked for a comparison and there is nothing to pair
-            raise UserError(f"{run} and {against} share no arm and {results['spec']}@"
-                            f"{results['version']} declares no comparisons: nothing to "
-                            "compare; pass a run of the same spec to --against")
+            raise CannotEvaluate(f"{against} has no finished cell to pair with, and "
+                                 f"{results['spec']}@{results['version']} declares no "
+                                 "comparisons: nothing to compare; pass a run with finished "
+                                 "cells to --against")
         out.print(f"{results['spec']}@{results['version']} declares no comparisons; add "
                   "`comparisons:` to the spec or use --against", markup=False, highlight=False)
         return

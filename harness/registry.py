@@ -31,7 +31,14 @@ def first_sentence(doc: str | None) -> str:
         return ""
     para = " ".join(doc.strip().split("\n\n")[0].split())
     end = para.find(". ")
+    while end >= 0 and (" " + para[: end + 1]).endswith(_ABBREVIATIONS):  # "Dr. GRPO", "Yu et al. 2025"
+        end = para.find(". ", end + 2)
     return para if end < 0 else para[: end + 1]
+
+
+# A period that ends one of these does not end the sentence.
+_ABBREVIATIONS = tuple(f"{lead}{word}." for lead in " (" for word in
+                       ("Dr", "al", "e.g", "i.e", "vs", "cf", "eq", "Eq", "Fig", "No"))
 
 
 def _own_doc(obj: object) -> str | None:

@@ -321,6 +321,20 @@ def test_registry_registers_unregisters_and_describes() -> None:
         reg.unregister("fn")
 
 
+def test_a_description_does_not_end_at_an_abbreviation() -> None:
+    # `harness components` showed "dr_grpo  Dr." and cut "(Yu et al." mid-parenthesis
+    assert first_sentence("Dr. GRPO: no std (Liu et al. 2025). More.") == (
+        "Dr. GRPO: no std (Liu et al. 2025).")
+    assert first_sentence("A signal (eq. 2, e.g. here). Next.") == "A signal (eq. 2, e.g. here)."
+    assert first_sentence("One. Two.") == "One."
+    assert first_sentence("Ends with et al.") == "Ends with et al."
+    from harness.methods import METHODS
+
+    assert METHODS.description("dr_grpo").startswith("Dr. GRPO: ")
+    assert all(d.count("(") == d.count(")") for d in (
+        METHODS.description(n) for n in METHODS.names())), "a description cut inside (...)"
+
+
 def test_old_flat_method_keys_say_where_they_moved(tmp_path: Path) -> None:
     for key, value in (("baseline", "batch_mean"), ("eps", "0.001")):
         (tmp_path / "old.yaml").write_text(

@@ -197,6 +197,19 @@ def test_compare_prints_declared_rows_and_against_another_run(
     assert rc == 2 and "no registered baseline for gate-demo" in err
 
 
+def test_compare_against_a_run_with_no_finished_cell_cannot_evaluate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # exit 2 (could not evaluate), as for every other run compare cannot pair, not 1 (the
+    # gate's "a gated check fails")
+    run = _make_run(tmp_path / "run", _spec(6, comparisons=[]), es_shift=0.1)
+    rc, out, _ = _harness(capsys, "compare", str(run))
+    assert rc == 0 and "declares no comparisons" in out
+    other = _make_run(tmp_path / "other", _spec(6, comparisons=[]), es_shift=0.1,
+                      unfinished=tuple(range(6)))
+    rc, _, err = _harness(capsys, "compare", str(run), "--against", str(other))
+    assert rc == 2 and err.count("error:") == 1 and "nothing to compare" in err, err
+
+
 def test_evaluate_comparisons_rows_and_per_model_pairs(tmp_path: Path) -> None:
     spec, results = load_run(_make_run(tmp_path / "run", _spec(8), es_shift=0.1))
     (row,) = evaluate_comparisons(spec, results)

@@ -147,8 +147,8 @@ def tune(runs: Runs, out: Annotated[Path | None, typer.Option(
     """Fit the guard's rule on recorded traces without retraining: of the rules that combine
     up to `--max-signals` signals, the one that catches the most signature campaigns (fired
     `--min-lead` steps or more before the onset) while firing on at most
-    `--max-false-alarms` of the others; ties go to the longer median lead, fewer false
-    alarms, fewer signals."""
+    `--max-false-alarms` of the others; ties go to fewer false alarms, then the longer median
+    lead, then fewer signals."""
     from harness.guard.tune import tune as run_tune
 
     res = run_tune(_campaigns(runs, controller, seeds, method), max_signals=max_signals,

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+import harness.spec.limits as limits
 from harness.spec.base import (
     KLEstimatorName,
     Label,
@@ -15,6 +16,7 @@ from harness.spec.base import (
     NonNegInt,
     PolicyLossName,
     PositiveInt,
+    _at_most,
     _params_by_name,
     _Strict,
     registry,
@@ -42,7 +44,9 @@ class EWCConfig(_Strict):
     Fisher F estimated at campaign start."""
 
     lam: float = Field(100.0, ge=0, description="Penalty weight lambda.")
-    fisher_batches: PositiveInt = Field(4, description="Rollout batches used to estimate F.")
+    fisher_batches: PositiveInt = Field(
+        4, le=limits.MAX_FISHER_BATCHES, description="Rollout batches used to estimate F."
+        + _at_most(limits.MAX_FISHER_BATCHES))
 
 
 class EntropySpec(_Strict):

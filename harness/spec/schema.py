@@ -340,8 +340,10 @@ class ResourcesSpec(_Strict):
     gpus_per_cell: float = Field(0, ge=0, le=limits.MAX_RESOURCES, description="GPUs requested "
                                  "per cell (ray/docker); with `distributed`, also the number of "
                                  "processes." + _at_most(limits.MAX_RESOURCES))
-    cpus_per_cell: float = Field(1, gt=0, le=limits.MAX_RESOURCES, description="CPUs requested "
-                                 "per cell (ray)." + _at_most(limits.MAX_RESOURCES))
+    cpus_per_cell: float = Field(
+        1, gt=0, le=limits.MAX_RESOURCES, description="CPUs per cell: its torch threads (whole "
+        "CPUs, at least 1; part of the cell's identity), docker's --cpus, ray's CPU request."
+        + _at_most(limits.MAX_RESOURCES))
     distributed: str = Field(
         "none", json_schema_extra=lambda schema: schema.update(enum=_distributed_names()),
         description="How one cell trains: `none` (one process) or a DeepSpeed "
