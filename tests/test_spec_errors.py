@@ -49,6 +49,9 @@ BROKEN: list[tuple[str, str, list[str], int | None]] = [
     ("zero-campaigns", GOOD.replace("campaigns: 2", "campaigns: 0"), ["chain.campaigns"], 7),
     ("negative-train-size", GOOD + "tasks: {train: -5}\n", ["tasks.train", "(got -5)"], 8),
     ("negative-lr", GOOD + "optim: {lr: -0.1}\n", ["optim.lr", "greater than 0"], 8),
+    ("fisher-batches-over-limit", GOOD.replace(
+        "[reinforce]", "[{name: reinforce, ewc: {fisher_batches: 100000000}}]"),
+     ["methods[0].ewc.fisher_batches", "less than or equal to 10000", "Limits"], 4),
     ("temperature-negative", GOOD + "rollout: {temperature: -1}\n",
      ["rollout.temperature"], 8),
     ("top-p-above-one", GOOD + "eval: {top_p: 1.5}\n", ["eval.top_p"], 8),
