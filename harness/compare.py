@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.errors import UserError
-from harness.rundir import read_json_object, require_run_dir
+from harness.rundir import read_json_object, read_results, require_run_dir
 from harness.spec import Spec
 from harness.stats import (
     expectation_outcome,
@@ -44,7 +44,7 @@ def load_run_files(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     UserError (one line) when the directory, a file or a needed key is missing or broken."""
     require_run_dir(run_dir)
     fix = "re-run `harness bench` on its spec to rebuild it"
-    results = read_json_object(run_dir / "results.json", "the run's results", fix)
+    results = read_results(run_dir, fix)
     resolved = read_json_object(run_dir / "resolved_spec.json", "the run's resolved spec", fix)
     bad = _missing(results, ("spec", "version", "spec_hash", "cells"))
     if not bad and not isinstance(results["cells"], list):

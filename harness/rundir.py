@@ -107,6 +107,36 @@ class BenchLock:
             self._file = None
 
 
+def bench_running(run_dir: Path) -> str | None:
+    """The pid (as written; '' when unknown) of the `harness bench` that holds `run_dir`'s
+    lock now, or None when no bench is running on it."""
+    try:
+        f = open(run_dir / BENCH_LOCK, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            return f.read().strip() if e.errno in (errno.EAGAIN, errno.EACCES) else None
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def read_results(run_dir: Path, fix: str) -> dict[str, Any]:
+    """A run's results.json (`read_json_object`); when it does not exist yet because a bench
+    is still running on the directory, the one line says so (and which pid) instead of `fix`."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        pid = bench_running(run_dir)
+        if pid is not None:
+            raise UserError(f"{path} (the run's results) does not exist yet: a `harness bench`"
+                            f"{f' (pid {pid})' if pid else ''} is running on {run_dir} and "
+                            "writes it when its last cell ends; wait for it (`harness guard "
+                            "score` reads the finished campaigns of a running bench)")
+    return read_json_object(path, "the run's results", fix)
+
+
 def write_fix(e: OSError) -> str:
     """What to do about a failed write into a run directory."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):

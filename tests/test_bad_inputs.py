@@ -279,3 +279,29 @@ def test_run_cell_on_a_broken_config_says_which_part_and_how_to_fix_it(
         assert rc == 1 and err.count("error:") == 1 and says in err and fix in err, err
     rc, _, err = _harness(capsys, "run-cell", str(cfg))
     assert rc == 1 and "is a file, not a cell directory" in err, err
+
+
+def test_reading_a_run_a_bench_is_still_writing_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """gate, compare, report and baseline register on a run directory whose bench has not
+    written results.json yet: while that bench holds the directory's lock the one line says a
+    bench (with its pid) is running and will write it; once it is gone, the usual fix."""
+    import fcntl
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resolved_spec.json").write_text("{}")
+    commands = (["gate", str(run)], ["compare", str(run)], ["report", str(run)],
+                ["baseline", "register", str(run), "--baselines", str(tmp_path)])
+    with open(run / ".bench.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"{os.getpid()}\n")
+        held.flush()
+        for args in commands:
+            rc, _, err = _harness(capsys, *args)
+            assert rc == 2 and err.count("error:") == 1, (args, err)
+            assert f"a `harness bench` (pid {os.getpid()}) is running on {run}" in err, err
+    for args in commands:  # the lock is free: no bench is running
+        rc, _, err = _harness(capsys, *args)
+        assert rc == 2 and "does not exist;" in err and "is running" not in err, (args, err)

@@ -14,7 +14,7 @@ from typing import Any
 from harness.errors import UserError
 from harness.results import arm_rows, campaign_signature, mean_ci, seed_values
 from harness.runcheck import check_finished
-from harness.rundir import read_json_object, require_run_dir
+from harness.rundir import read_json_object, read_results, require_run_dir
 from harness.runner.trace import read_trace_checked
 
 ArmKey = tuple[str, str, str]   # (model, method, controller) labels
@@ -75,10 +75,8 @@ def load_run(run_dir: Path) -> RunData:
     """Read a run directory; raise `UserError` naming the problem and the fix."""
     require_run_dir(run_dir)
     rerun = "run `harness bench SPEC --out RUN_DIR` to (re)collect it"
-    results = read_json_object(run_dir / "results.json", "the run's results",
-                               "`harness bench` writes it when it ends: wait for a running "
-                               "bench, or re-run `harness bench SPEC --out RUN_DIR` (finished "
-                               "cells are skipped)")
+    results = read_results(run_dir, "`harness bench` writes it when it ends: re-run "
+                           "`harness bench SPEC --out RUN_DIR` (finished cells are skipped)")
     if not isinstance(results.get("cells"), list):
         raise UserError(f"{run_dir / 'results.json'} is not a results file (no `cells`); "
                         f"{rerun}")
