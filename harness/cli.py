@@ -551,6 +551,13 @@ def _reflow_tree(command: Any) -> None:
         _reflow_tree(sub)
 
 
+def _say(text: str) -> None:
+    """The last line(s) of a failed command, on stderr. A terminal that went away (SIGHUP:
+    EIO) or a closed pipe cannot take them; the exit code still says what happened."""
+    with contextlib.suppress(OSError):
+        err.print(text, markup=False, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors end in one line each and a non-zero exit."""
     command = typer.main.get_command(app)
@@ -558,13 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = command.main(args=argv, prog_name="harness", standalone_mode=False)
     except SpecError as e:
-        for p in e.problems:
-            err.print(f"error: {p}", markup=False, highlight=False)
         rc = e.exit_code
+        _say("\n".join(f"error: {p}" for p in e.problems))
     except UserError as e:  # a signal (Ctrl-C: exit 130) is said in the command's own words
-        err.print(str(e) if e.exit_code > 128 else f"error: {e}", markup=False,
-                  highlight=False)
         rc = e.exit_code
+        _say(str(e) if e.exit_code > 128 else f"error: {e}")
     except _NO_ARGS_HELP as e:
         e.show()
         rc = 0

@@ -451,3 +451,22 @@ def test_fuzz_mutated_valid_spec(tmp_path: Path, section: str, key: str, value: 
         load_spec(str(path))
     except SpecError as e:
         assert e.problems
+
+
+def test_an_error_line_that_cannot_be_written_keeps_the_exit_code(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a terminal closed under a bench (SIGHUP) turns every write into EIO: the last line is
+    # lost, the exit code must not be (before, the OSError escaped main as a traceback, rc 1)
+    import errno
+    import io
+
+    from rich.console import Console
+
+    import harness.cli as cli
+
+    class Gone(io.StringIO):
+        def write(self, s: str) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cli, "err", Console(file=Gone(), soft_wrap=True))
+    assert main(["plan", "no-such-spec"]) == 2
