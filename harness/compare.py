@@ -24,6 +24,7 @@ from harness.errors import UserError
 from harness.rundir import read_json_object, read_results, require_run_dir
 from harness.spec import Spec
 from harness.stats import (
+    ci_label,
     expectation_outcome,
     higher_is_better,
     metric_by_seed,
@@ -127,7 +128,7 @@ def _row(kind: str, model: str, candidate: str, baseline: str, metric: str, expe
         "source": source, "metric": metric, "expect": expect, "gate": gate, "note": note,
         "n": r.n, "seeds": list(r.seeds), "diffs": list(r.diffs), "mean_diff": r.mean_diff,
         "ci_low": None if r.ci is None else r.ci[0],
-        "ci_high": None if r.ci is None else r.ci[1],
+        "ci_high": None if r.ci is None else r.ci[1], "ci_level": 1 - alpha,
         "wins": r.wins, "losses": r.losses, "ties": r.ties, "p_value": r.p_value,
         "p_equivalence": r.p_equivalence, "verdict": r.verdict, "outcome": outcome,
         "reason": reason,
@@ -224,7 +225,8 @@ def comparisons_table(rows: list[dict[str, Any]], title: str = "comparisons (pai
     Baselines not from this run are marked (reg) for the registered baseline and (other) for
     another run, with the sources under the table; `*` marks gated comparisons."""
     t = Table(title=title)
-    for col in ("#", "model", "candidate", "baseline", "metric", "diff", "95% CI", "wins", "p",
+    level = ci_label(rows)
+    for col in ("#", "model", "candidate", "baseline", "metric", "diff", level, "wins", "p",
                 "verdict", "outcome"):
         t.add_column(col, no_wrap=col not in ("model", "candidate", "baseline"),
                      overflow="fold")

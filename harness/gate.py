@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import CannotEvaluate
 from harness.runcheck import ROUNDING_TOLERANCE, diff_figures
 
 MAX_MOVED_SHOWN = 20  # per cell; the count says how many more
@@ -127,6 +128,9 @@ def _unfinished(run: Path, results: dict[str, Any], warn: Print) -> str | None:
     to hold to a baseline, and a pass would hide it), or None; a warning naming the cells
     that did not finish when some did: their seeds are missing from every comparison."""
     cells = results.get("cells") or []
+    if not cells:  # every grid has a cell: a results file without one is broken (exit 2)
+        raise CannotEvaluate(f"{run / 'results.json'} lists no cell: nothing to hold to a "
+                             "baseline; re-run `harness bench` on its spec to rebuild it")
     unfinished = [c for c in cells if c.get("status") != "finished"]
     if not unfinished:
         return None

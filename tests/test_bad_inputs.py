@@ -305,3 +305,23 @@ def test_reading_a_run_a_bench_is_still_writing_says_so(
     for args in commands:  # the lock is free: no bench is running
         rc, _, err = _harness(capsys, *args)
         assert rc == 2 and "does not exist;" in err and "is running" not in err, (args, err)
+
+
+def test_a_results_file_with_no_cell_cannot_be_gated(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # before, an empty `cells` list skipped the "no cell finished" check and could pass
+    results = json.loads((run / "results.json").read_text())
+    results["cells"] = []
+    (run / "results.json").write_text(json.dumps(results))
+    empty = tmp_path / "no-baselines"
+    empty.mkdir()
+    rc, _, err = _harness(capsys, "gate", str(run), "--baselines", str(empty))
+    assert rc == 2 and err.count("error:") == 1 and "lists no cell" in err, err
+
+
+def test_the_ci_column_is_labelled_with_its_level(
+        run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _harness(capsys, "compare", str(run), "--against", str(run), "--alpha", "0.01")
+    assert rc == 0 and "99% CI" in out and "95% CI" not in out, out
+    rc, out, _ = _harness(capsys, "compare", str(run), "--against", str(run))
+    assert rc == 0 and "95% CI" in out, out

@@ -164,6 +164,27 @@ def test_ci_excluding_zero_without_significant_p_is_inconclusive() -> None:
     assert v == "inconclusive" and "p 0.07" in why
 
 
+def test_a_ci_off_zero_but_inside_the_margin_can_be_no_difference() -> None:
+    # the CI excludes 0 without a credible p, yet lies inside +-margin and the equivalence test
+    # rejects: equivalent (before, the one-sided CI returned inconclusive before the
+    # equivalence test was reached)
+    r = _cmp([-0.004, -0.003, -0.002, -0.005, -0.001, 0.0015])
+    assert r.ci[1] < 0 and r.p_value >= 0.05 and r.p_equivalence < 0.05
+    assert r.verdict == "no_difference", r.reason
+    assert expectation_outcome(r, "no_difference")[0] == "pass"
+    # a credible effect inside the margin stays an effect
+    assert _cmp([-0.001] * 6).verdict == "regresses"
+    assert decide(8, (0.001, 0.01), 0.01, 0.001)[0] == "improves"
+
+
+def test_ties_are_named_when_they_rule_out_a_credible_p() -> None:
+    r = _cmp([0.1, 0.2, 0.3, 0.4, 0.5, 0.0])  # one tie at 6 seeds: the smallest p is 4/64
+    assert r.ties == 1 and r.p_value == pytest.approx(4 / 64) and r.verdict == "inconclusive"
+    assert "1 of 6 seeds tie, so the smallest sign-flip p is 0.0625" in r.reason
+    r = _cmp([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.0])  # 8 seeds, one tie: 4/256 is possible
+    assert r.verdict == "improves" and "tie" not in r.reason
+
+
 def test_lower_is_better_metrics_improve_when_the_difference_is_negative() -> None:
     r = _cmp([-0.1, -0.08, -0.12, -0.09, -0.11, -0.1], higher_is_better=False)
     assert r.verdict == "improves" and r.wins == 6 and r.losses == 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.report.data import RunData
+from harness.stats import ci_label
 
 FIG_DIR = "report_figures"
 
@@ -95,7 +96,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[s
                     "-" if p is None else f"{p:.3g}", str(r.get("verdict", "")),
                     str(r.get("outcome", "")), str(r.get("reason", ""))])
     return ["model", "candidate", "baseline", "metric", "expect", "gate", "n", "mean diff",
-            "95% CI", "wins", "p", "verdict", "outcome", "reason"], out
+            ci_label(rows), "wins", "p", "verdict", "outcome", "reason"], out
 
 
 # --------------------------------------------------------------------------- document

@@ -23,6 +23,13 @@ mean peak/end, d < 0 for mean gap and collapse rate):
   d - margin, each at alpha; `p_equivalence` is the larger of their p-values).
 - otherwise `inconclusive` (the reason says which condition failed).
 
+A credible effect inside the margin (the CI on one side of 0 and within +-margin, p < alpha)
+is `improves` or `regresses`, not `no_difference`; a CI on one side of 0 that is not credible
+(p >= alpha) can still be `no_difference` when it lies within the margin and the equivalence
+test rejects. Seeds where d = 0 (ties) stay in n, but their signs cannot flip: with t ties
+the smallest two-sided p is 2 / 2^(n - t), so at 6 seeds one tie already rules out a
+verdict of improves or regresses (the reason says so).
+
 How a verdict meets a comparison's `expect` (`expectation_outcome`):
 
 - `improves`: pass on improves; fail on regresses or no_difference; else inconclusive.
@@ -37,7 +44,7 @@ How a verdict meets a comparison's `expect` (`expectation_outcome`):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -184,7 +191,7 @@ def _tail(sums: np.ndarray, obs: float, tol: float, alternative: str) -> float:
 # --------------------------------------------------------------------------- the rule
 def decide(n: int, ci: tuple[float, float] | None, p: float | None, p_equiv: float | None, *,
            alpha: float = ALPHA, margin: float = MARGIN, min_seeds: int | None = None,
-           higher_is_better: bool = True) -> tuple[Verdict, str]:
+           higher_is_better: bool = True, ties: int = 0) -> tuple[Verdict, str]:
     """The verdict rule of the module docstring: (verdict, one-line reason)."""
     need = min_seeds_for(alpha) if min_seeds is None else min_seeds
     if n == 0 or ci is None or p is None:
@@ -197,20 +204,32 @@ def decide(n: int, ci: tuple[float, float] | None, p: float | None, p_equiv: flo
             f"sign-flip p at n={n} is {2 / 2**n:.3g}, alpha {alpha:g})")
     better_side = lo > 0 if higher_is_better else hi < 0
     worse_side = hi < 0 if higher_is_better else lo > 0
-    if better_side or worse_side:
+    if (better_side or worse_side) and p < alpha:  # a credible effect, even inside the margin
         word: Verdict = "improves" if better_side else "regresses"
-        if p < alpha:
-            return word, f"{ci_txt} excludes 0 and sign-flip p {p:.3g} < {alpha:g}"
+        return word, f"{ci_txt} excludes 0 and sign-flip p {p:.3g} < {alpha:g}"
+    within = -margin <= lo and hi <= margin
+    if within and p_equiv is not None and p_equiv < alpha:
+        return "no_difference", (f"{ci_txt} within +-{margin:g} and equivalence p "
+                                 f"{p_equiv:.3g} < {alpha:g}")
+    if better_side or worse_side:
+        why = _few_patterns(ties, n, alpha) or "the bootstrap CI undercovers at few seeds"
         return "inconclusive", (f"{ci_txt} excludes 0 but sign-flip p {p:.3g} >= {alpha:g} "
-                                "(the bootstrap CI undercovers at few seeds)")
-    if -margin <= lo and hi <= margin:
-        if p_equiv is not None and p_equiv < alpha:
-            return "no_difference", (f"{ci_txt} within +-{margin:g} and equivalence p "
-                                     f"{p_equiv:.3g} < {alpha:g}")
+                                f"({why})")
+    if within:
         return "inconclusive", (f"{ci_txt} within +-{margin:g} but equivalence p "
                                 f"{p_equiv:.3g} >= {alpha:g}")
     return "inconclusive", (f"{ci_txt} includes 0 and reaches beyond the margin +-{margin:g} "
                             f"(p {p:.3g})")
+
+
+def _few_patterns(ties: int, n: int, alpha: float) -> str:
+    """Why p cannot be below alpha when seeds tie (d = 0): a tie's sign cannot flip, so only
+    2^(n - ties) sign patterns differ and the smallest two-sided p is 2 / 2^(n - ties); ''
+    when the ties leave a p below alpha possible."""
+    if not ties or 2 / 2 ** (n - ties) < alpha:
+        return ""
+    return (f"{ties} of {n} seeds tie, so the smallest sign-flip p is "
+            f"{2 / 2 ** (n - ties):.3g}")
 
 
 def paired_comparison(candidate: Mapping[int, float | None], baseline: Mapping[int, float | None],
@@ -241,13 +260,21 @@ def paired_comparison(candidate: Mapping[int, float | None], baseline: Mapping[i
         p_equiv = max(sign_flip_p(d + margin, alternative="greater", **kw),  # type: ignore[arg-type]
                       sign_flip_p(d - margin, alternative="less", **kw))  # type: ignore[arg-type]
     verdict, reason = decide(n, ci, p, p_equiv, alpha=alpha, margin=margin, min_seeds=need,
-                             higher_is_better=higher_is_better)
+                             higher_is_better=higher_is_better,
+                             ties=int(n - better.sum() - worse.sum()))
     return PairedComparison(
         n=n, seeds=tuple(seeds), diffs=tuple(float(x) for x in d), mean_diff=mean, ci=ci,
         wins=int(better.sum()), losses=int(worse.sum()), ties=int(n - better.sum() - worse.sum()),
         p_value=p, p_equivalence=p_equiv, exact=n <= exact_max_n, verdict=verdict,
         reason=reason, higher_is_better=higher_is_better, alpha=alpha, margin=margin,
         min_seeds=need, resamples=resamples)
+
+
+def ci_label(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The CI column's header for comparison rows: the CI's level is 1 - alpha (`ci_level`;
+    95% at the default alpha, and for rows written before the field existed)."""
+    level = rows[0].get("ci_level", 0.95) if rows else 0.95
+    return f"{100 * level:.3g}% CI"
 
 
 def expectation_outcome(result: PairedComparison, expect: Expect) -> tuple[Outcome, str]:
