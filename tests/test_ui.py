@@ -102,7 +102,11 @@ def test_sigterm_to_ui_stops_its_server(tiny_smoke_local_run: Path, tmp_path: Pa
     assert "Traceback" not in output
     assert session_members(server) == []
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # nobody holds the port
+        # nobody listens on the port (SO_REUSEADDR: the health checks' closed connections may
+        # linger in TIME_WAIT; a listener would still make the bind fail)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 def _children(pid: int) -> list[int]:
