@@ -24,8 +24,6 @@ method on the L2-penalised, class-balanced log loss), so the figures depend on n
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import sys
 from pathlib import Path
@@ -33,18 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.guard.score import MIN_LEAD, Campaign, load_campaigns, shape
+from harness.guard.score import MIN_LEAD, load_campaigns, load_fixture, shape
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/guard/tiny-guard-calibration.jsonl.gz"
-
-
-def read_fixture(path: Path) -> list[Campaign]:
-    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            by.setdefault((r["cell"], r["campaign"]), []).append(r)
-    return [Campaign(cell, k, recs[0]["seed"], tuple(recs)) for (cell, k), recs in by.items()]
 
 
 def _v(r: dict[str, Any], key: str) -> float:
@@ -102,7 +91,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-false-alarms", type=float, default=0.10)
     args = ap.parse_args(argv)
     inputs = args.inputs or [FIXTURE]
-    campaigns = (read_fixture(inputs[0]) if inputs[0].suffix == ".gz"
+    campaigns = (load_fixture(inputs[0]) if inputs[0].suffix == ".gz"
                  else load_campaigns(inputs))
     rows = []
     for c in campaigns:

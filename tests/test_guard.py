@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from harness.guard import SIGNALS, GuardParams, guard_trigger
-from harness.guard.score import Campaign, score, totals
+from harness.guard.score import Campaign, load_fixture, score, totals
 from harness.guard.stream import GuardStream, guard_stream, to_record
 from harness.guard.tune import OFF, tune
 
@@ -244,17 +244,10 @@ def test_trl_callback_leaves_a_healthy_run_alone(tmp_path: Any) -> None:
 def _fixture_campaigns() -> list[Campaign]:
     """The step records of tiny-guard's calibration run (seeds 0-5, naive and KL arms, 5 x 20
     steps; docs/guard.md), reduced to the fields the signals read."""
-    import gzip
-    import json
     from pathlib import Path
 
-    path = Path(__file__).parent / "fixtures" / "guard" / "tiny-guard-calibration.jsonl.gz"
-    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            by.setdefault((r["cell"], r["campaign"]), []).append(r)
-    return [Campaign(cell, k, recs[0]["seed"], tuple(recs)) for (cell, k), recs in by.items()]
+    return load_fixture(Path(__file__).parent / "fixtures" / "guard" /
+                        "tiny-guard-calibration.jsonl.gz")
 
 
 def test_the_defaults_score_on_the_calibration_traces_as_documented() -> None:

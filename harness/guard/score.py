@@ -35,6 +35,20 @@ class Campaign:
     records: tuple[Mapping[str, Any], ...]
 
 
+def load_fixture(path: Path) -> list[Campaign]:
+    """The campaigns of a reduced fixture (`scripts/guard_fixture.py`: one JSON line per step
+    record, with its `cell`, `campaign` and `seed`), gzip-compressed."""
+    import gzip
+    import json
+
+    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            by.setdefault((r["cell"], r["campaign"]), []).append(r)
+    return [Campaign(cell, k, recs[0]["seed"], tuple(recs)) for (cell, k), recs in by.items()]
+
+
 def load_campaigns(runs: Iterable[Path], controller: str | None = "naive",
                    seeds: Sequence[int] | None = None,
                    method: str | None = None) -> list[Campaign]:
