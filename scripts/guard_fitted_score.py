@@ -32,17 +32,14 @@ from typing import Any
 import numpy as np
 
 from harness.guard.score import MIN_LEAD, load_campaigns, load_fixture, shape
+from harness.guard.signals import finite
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/guard/tiny-guard-calibration.jsonl.gz"
 
 
 def _v(r: dict[str, Any], key: str) -> float:
-    v = r.get(key)
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return 0.0
-    return v if math.isfinite(v) else 0.0
+    """r[key] as a float; 0 where it is missing or not finite (the signals' `finite`)."""
+    return finite(r, key) or 0.0
 
 
 def features(records: tuple[dict[str, Any], ...]) -> np.ndarray:

@@ -33,8 +33,8 @@ Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED, strict=True)]  # true is n
 
 def _at_most(n: float) -> str:
     """The end of a limited field's description (and the marker of a limit's error)."""
-    shown = f"{n:,}" if float(n).is_integer() else f"{n:,g}"  # 1,048,576, not 1.04858e+06
-    return f" At most {shown.removesuffix('.0')} ({_LIMITS})."
+    shown = f"{int(n):,}" if float(n).is_integer() else f"{n:,g}"  # 1,048,576, not 1.04858e+06
+    return f" At most {shown} ({_LIMITS})."
 
 
 # --------------------------------------------------------------------------- registries
