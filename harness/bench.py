@@ -207,6 +207,21 @@ def summary_table(results: dict[str, Any]) -> Table:
     return t
 
 
+def _guard_cell(r: dict[str, Any]) -> str:
+    """The offline guard's scores in the arms table, as `harness guard score` gives them (the
+    signature's campaigns caught at least 2 steps before the onset; false alarms of the
+    others), or by the collapse threshold for results written before those existed."""
+    b = r.get("by_signature")
+    if b is None:
+        lead = r["mean_lead_time"]
+        return (f"collapsed: caught {r['caught']}/{r['collapsed']}, false alarms "
+                f"{r['false_alarms']}, lead {'-' if lead is None else f'{lead:.1f}'}")
+    lead = b["median_lead_time"]
+    return (f"caught {b['caught']}/{b['signature']}, false alarms "
+            f"{b['false_alarm']}/{b['no_signature']}, median lead "
+            f"{'-' if lead is None else f'{lead:g}'}")
+
+
 def arms_table(results: dict[str, Any]) -> Table:
     """The `arms` rows: means over finished seeds; oracle rows (eval = the selected value)
     and the offline guard row are references derived from the naive arms, not arms."""
@@ -228,12 +243,8 @@ def arms_table(results: dict[str, Any]) -> Table:
                       _fmt(r["pass1_test"]), _fmt(r["pass1_eval"]), "", "", "", "",
                       style="dim")
         else:
-            lead = r["mean_lead_time"]
             t.add_row(r["model"], r["method"], f"*guard (offline) on {r['of']}", seeds,
-                      "", "", "", "",
-                      f"caught {r['caught']}/{r['collapsed']}, false alarms "
-                      f"{r['false_alarms']}, lead {'-' if lead is None else f'{lead:.1f}'}",
-                      "", style="dim")
+                      "", "", "", "", "", _guard_cell(r), style="dim")
     return t
 
 

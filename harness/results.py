@@ -25,7 +25,7 @@ project's bootstrap (`harness.stats.bootstrap_ci`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,14 +110,16 @@ def chain_aggregates(campaigns: Sequence[Record]) -> dict[str, Any]:
     }
 
 
-def guard_section(cfg: CellConfig, campaign_records: Sequence[Sequence[Record]]
-                  ) -> dict[str, Any]:
+def guard_section(cfg: CellConfig, campaign_records: Sequence[Sequence[Record]],
+                  stopped: Collection[int] = ()) -> dict[str, Any]:
     """The cell's `guard` section: the offline guard replayed on its finished campaigns, with
-    the params the cell's controller declares for it (`offline_guard_params`)."""
+    the params the cell's controller declares for it (`offline_guard_params`); `stopped`: the
+    indices of the campaigns its controller stopped early."""
     own = _controller(cfg.controller.name)
     params = own.offline_guard_params(cfg.controller.params) if own is not None else {}
-    return offline_guard().offline_report(campaign_records, params,
-                                          cfg.chain.collapse_threshold)
+    return offline_guard().offline_report(
+        campaign_records, params, cfg.chain.collapse_threshold, stopped=stopped,
+        signature_rise=cfg.chain.signature_rise, signature_fall=cfg.chain.signature_fall)
 
 
 def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -149,7 +151,10 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
             "pass1_test": final["pass1_test"], "pass1_eval": final["pass1_eval"],
             "carried_from": final["carried_from"]},
         "oracles": None if final is None else final.get("oracles"),
-        "guard": guard_section(cfg, [by_campaign[k] for k in sorted(by_campaign)]),
+        "guard": guard_section(cfg, [by_campaign[k] for k in sorted(by_campaign)],
+                               [i for i, k in enumerate(sorted(by_campaign))
+                                if any(c["index"] == k and c.get("stopped_early")
+                                       for c in campaigns)]),
         "aggregates": {
             **chain_aggregates(campaigns),
             "total_steps": len([s for s in steps if s["step"] > 0]),
@@ -212,16 +217,22 @@ def _arm_verdicts(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _guard_row(guard: list[dict[str, Any]]) -> dict[str, Any]:
     """The pooled offline-guard campaigns of an arm's cells (a `guard_lead_time` row)."""
+    from harness.guard.score import from_report_row, totals
+
     runs = [r for g in guard for r in g.get("campaigns") or []]
     leads = [r["lead_time"] for r in runs if r["collapsed"] and r["lead_time"] is not None]
     collapsed = sum(1 for r in runs if r["collapsed"])
     caught = sum(1 for v in leads if v >= 0)
+    scored = [from_report_row(r) for r in runs]
     return {"params": next((g["params"] for g in guard if g.get("params")), None),
             "campaigns": len(runs), "collapsed": collapsed, "caught": caught,
             "late": len(leads) - caught, "missed": collapsed - caught,
             "false_alarms": sum(1 for r in runs if not r["collapsed"]
                                 and r["trigger_step"] is not None),
-            "mean_lead_time": mean(leads)}
+            "mean_lead_time": mean(leads),
+            # as `harness guard score` scores them; None when a cell predates it
+            "by_signature": totals([s for s in scored if s is not None])
+            if runs and all("by_signature" in r for r in runs) else None}
 
 
 def arm_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -237,7 +237,7 @@ def test_guard_report_counts_catches_misses_and_false_alarms() -> None:
     rows = {r["campaign"]: r for r in rep["campaigns"]}
     step = guard_trigger_step(CLIFF, RULE)
     assert step is not None
-    assert rows[0] | {"reason": None} == {
+    assert {k: v for k, v in rows[0].items() if k != "by_signature"} | {"reason": None} == {
         "campaign": 0, "trigger_step": step, "reason": None, "collapsed": True,
         "onset": CLIFF_ONSET, "lead_time": CLIFF_ONSET - step}
     assert "entropy collapse" in rows[0]["reason"]
@@ -247,17 +247,26 @@ def test_guard_report_counts_catches_misses_and_false_alarms() -> None:
     assert not rows[3]["collapsed"] and rows[3]["trigger_step"] == 2
     assert rows[3]["onset"] is None and rows[3]["lead_time"] is None
     assert rows[4]["trigger_step"] is None and not rows[4]["collapsed"]
+    by_sig = rep["summary"].pop("by_signature")
     assert rep["summary"] == {"campaigns": 5, "collapsed": 3, "caught": 1, "late": 1,
                               "missed": 2, "false_alarms": 1, "quiet": 1,
                               "mean_lead_time": ((CLIFF_ONSET - step) + -2) / 2}
+    # beside it, the same campaigns as `harness guard score` scores them (the signature)
+    from harness.guard.score import Campaign, score
+
+    want = score([Campaign("", k, None, tuple(c)) for k, c in
+                  enumerate([CLIFF, LATE, SILENT, ALARM, RISE])], RULE)
+    assert [r["by_signature"]["outcome"] for r in rep["campaigns"]] == [
+        c["outcome"] for c in want["campaigns"]]
+    assert by_sig == {**want["totals"], "stopped": 0, "min_lead": 2}
 
 
 def test_guard_report_uses_its_params_and_threshold() -> None:
     rep = guard_report([CLIFF], OFF, threshold=0.2)
     assert rep["params"]["entropy_frac"] is None
-    assert rep["summary"] | {"mean_lead_time": 0} == {
+    assert rep["summary"] | {"mean_lead_time": 0, "by_signature": None} == {
         "campaigns": 1, "collapsed": 1, "caught": 0, "late": 0, "missed": 1,
-        "false_alarms": 0, "quiet": 0, "mean_lead_time": 0}
+        "false_alarms": 0, "quiet": 0, "mean_lead_time": 0, "by_signature": None}
     assert rep["summary"]["mean_lead_time"] is None
     rep = guard_report([CLIFF], RULE, threshold=0.6)                 # gap 0.49: no collapse here
     assert rep["summary"]["false_alarms"] == 1 and rep["campaigns"][0]["onset"] is None

@@ -141,7 +141,7 @@ def test_report_writes_md_and_self_contained_html_with_every_plot(tmp_path: Path
     assert not re.search(r'(src|href)="(?!data:)', text) and "<link" not in text
     for needle in ("fake-study", "ab" * 32, "AMD EPYC", "reinforce/care_v2", "inconclusive",
                    "trace_oracle of naive", "hindsight_oracle of naive", "caught",
-                   "mean lead time", "min-max over seeds"):
+                   "median lead time", "harness guard score", "min-max over seeds"):
         assert needle in text, needle
     # arms, end of chain, guard lead time, comparisons, cells
     assert text.count("<table>") == 5 and text.count('<tr class="ref">') == 2 * 2

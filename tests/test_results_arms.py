@@ -68,10 +68,57 @@ def test_result_has_guard_report_and_the_final_records_oracles() -> None:
     assert [(c["campaign"], c["trigger_step"], c["collapsed"], c["onset"], c["lead_time"])
             for c in g["campaigns"]] == [(0, 1, True, 2, 1), (1, None, False, None, None)]
     assert g["summary"]["caught"] == 1 and g["summary"]["false_alarms"] == 0
+    # scored by the study's signature as `harness guard score` does: one step of lead is not
+    # the 2 a catch needs, so the collapse it caught at the onset's threshold is late here
+    assert [c["by_signature"] for c in g["campaigns"]] == [
+        {"signature": True, "peak_step": 1, "onset": 2, "trigger_step": 1, "lead_time": 1,
+         "outcome": "late"},
+        {"signature": False, "peak_step": 2, "onset": None, "trigger_step": None,
+         "lead_time": None, "outcome": "quiet"}]
+    b = g["summary"]["by_signature"]
+    assert (b["signature"], b["caught"], b["late"], b["quiet"], b["stopped"], b["min_lead"]) \
+        == (1, 0, 1, 1, 0, 2)
     # a trace written before oracles existed, and one without a final record
     del final["oracles"]
     assert build_result(_cfg(), _trace([CLEAN], final))["oracles"] is None
     assert build_result(_cfg(), _trace([CLEAN], None))["oracles"] is None
+
+
+def test_the_guard_section_scores_a_campaign_its_controller_stopped_apart() -> None:
+    records = _trace([COLLAPSE, COLLAPSE], None, {0: COLLAPSE_COV, 1: COLLAPSE_COV})
+    for r in records:  # the guard stopped campaign 0 (its trace then ends at its stop)
+        if r["type"] == "campaign" and r["index"] == 0:
+            r["stopped_early"] = "collapse_guard at step 1"
+    g = build_result(_cfg({"name": "collapse_guard"}), records)["guard"]
+    assert [c["by_signature"]["outcome"] for c in g["campaigns"]] == ["stopped", "late"]
+    b = g["summary"]["by_signature"]
+    assert (b["campaigns"], b["late"], b["stopped"]) == (1, 1, 1)
+
+
+def test_the_bench_row_of_the_offline_guard_is_what_guard_score_gives(tmp_path: Path) -> None:
+    """The arms table's offline-guard row and `harness guard score` on the same campaigns
+    count the same catches, false alarms and lead."""
+    from harness.guard.score import Campaign, score
+
+    # a rise to 0.8 at step 2 that the covariance flags at step 1, then a fall from step 4 on:
+    # caught with 3 steps of lead; a campaign that rises and holds, flagged at step 1: a false
+    # alarm; one that never rises 5 points: quiet
+    curves = [[0.5, 0.6, 0.8, 0.75, 0.2, 0.1], [0.5, 0.6, 0.7, 0.72], [0.5, 0.52, 0.5, 0.51]]
+    covs = {0: [0.0, 0.01, 0.0, 0.0, 0.0, 0.0], 1: [0.0, 0.01, 0.0, 0.0]}
+    records = _trace(curves, None, covs)
+    res = build_result(_cfg(), records)
+    entry = {"cell_id": "c", "model": "tiny", "method": "reinforce", "controller": "naive",
+             "controller_name": "naive", "seed": 0, "status": "finished", **res}
+    row = next(r for r in arm_rows([entry]) if r["kind"] == "guard_lead_time")
+    campaigns = [Campaign("c", k, 0, tuple(r for r in records if r["type"] == "step"
+                                           and r["campaign"] == k)) for k in range(3)]
+    want = score(campaigns)["totals"]
+    assert row["by_signature"] == want
+    assert (want["caught"], want["false_alarm"], want["quiet"], want["median_lead_time"]) \
+        == (1, 1, 1, 3)
+    console = Console(record=True, width=220)
+    console.print(arms_table({"arms": [row]}))
+    assert "caught 1/1, false alarms 1/2, median lead 3" in console.export_text()
 
 
 def test_guard_report_of_a_guard_cell_uses_its_own_params() -> None:
@@ -227,7 +274,7 @@ def test_arms_table_marks_the_reference_rows() -> None:
     console.print(arms_table({"arms": arm_rows(cells)}))
     text = console.export_text()
     assert "*trace_oracle of naive" in text and "*hindsight_oracle of naive" in text
-    assert "*guard (offline) on naive" in text and "caught 1/1, false alarms 0, lead 2.0" in text
+    assert "*guard (offline) on naive" in text and "collapsed: caught 1/1, false alarms 0, lead 2.0" in text
     assert "0.400" in text and "0/2" in text
 
 

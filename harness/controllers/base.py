@@ -16,7 +16,7 @@ Only the latest campaign's two and the best-peak campaign's `c{j}:peak` are kept
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -127,10 +127,12 @@ class Controller:
 
     @classmethod
     def offline_report(cls, campaign_records: Sequence[Sequence[Mapping[str, Any]]],
-                       params: Mapping[str, Any] | None, threshold: float) -> dict[str, Any]:
+                       params: Mapping[str, Any] | None, threshold: float, *,
+                       stopped: Collection[int] = (), signature_rise: float = 0.05,
+                       signature_fall: float = 0.10) -> dict[str, Any]:
         """This controller replayed offline over a recorded chain (one list of step records
-        per campaign), for the `guard` section of result.json; only an `offline_guard`
-        controller has one."""
+        per campaign; `stopped`: the indices of campaigns a controller cut short), for the
+        `guard` section of result.json; only an `offline_guard` controller has one."""
         raise NotImplementedError(f"{cls.__name__} has no offline replay")
 
     @classmethod

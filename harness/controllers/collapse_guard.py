@@ -23,7 +23,7 @@ the study's signature instead (harness.guard.score).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from harness.controllers.base import (
@@ -69,7 +69,8 @@ def lead_time(records: Records, trigger_step: int | None, threshold: float) -> i
 
 def guard_report(campaign_records: Sequence[Records],
                  params: GuardParams | Mapping[str, Any] | None = None,
-                 threshold: float = 0.20) -> dict[str, Any]:
+                 threshold: float = 0.20, *, stopped: Collection[int] = (),
+                 signature_rise: float = 0.05, signature_fall: float = 0.10) -> dict[str, Any]:
     """The guard run offline over every campaign of a recorded chain.
 
     Per campaign: `trigger_step` and `reason` (None when it never fired), `collapsed` (eval
@@ -79,8 +80,19 @@ def guard_report(campaign_records: Sequence[Records],
     (lead_time >= 0); `late`: collapsed, fired after the onset; `missed`: collapsed and not
     caught (late or never fired); `false_alarms`: fired on a campaign that did not collapse;
     `quiet`: neither fired nor collapsed; `mean_lead_time`: mean lead_time over the collapsed
-    campaigns it fired on (late ones count, negative), None when there is none."""
+    campaigns it fired on (late ones count, negative), None when there is none.
+
+    The same campaigns scored as `harness guard score` scores them (`harness.guard.score`: the
+    study's signature with `signature_rise`/`signature_fall`, caught = fired at least
+    `MIN_LEAD` steps before the signature's onset): per campaign `signature` and `outcome`
+    (caught, late, missed, false_alarm, quiet; "stopped" for the campaigns in `stopped`, which
+    a controller cut short, so their cliff never happened) with its peak step, signature
+    onset and lead time, in each campaign's `by_signature`; and `summary.by_signature`, the
+    totals of `harness.guard.score.totals` over the campaigns not stopped."""
+    from harness.guard.score import MIN_LEAD, Campaign, score_campaign, totals
+
     p = as_params(params)
+    scored = []
     rows: list[dict[str, Any]] = []
     for k, records in enumerate(campaign_records):
         if not records:
@@ -96,6 +108,14 @@ def guard_report(campaign_records: Sequence[Records],
             "onset": int(records[s.onset]["step"]) if s.collapsed and s.onset is not None
             else None,
             "lead_time": lead_time(records, trigger, threshold)})
+        sc = score_campaign(Campaign("", k, None, tuple(records)), p, rise=signature_rise,
+                            fall=signature_fall, min_lead=MIN_LEAD)
+        rows[-1]["by_signature"] = {
+            "signature": sc.signature, "peak_step": sc.peak_step, "onset": sc.onset,
+            "trigger_step": sc.trigger_step, "lead_time": sc.lead_time,
+            "outcome": "stopped" if k in stopped else sc.outcome}
+        if k not in stopped:
+            scored.append(sc)
     collapsed = [r for r in rows if r["collapsed"]]
     leads = [r["lead_time"] for r in collapsed if r["lead_time"] is not None]
     caught = sum(1 for v in leads if v >= 0)
@@ -105,7 +125,9 @@ def guard_report(campaign_records: Sequence[Records],
         "false_alarms": sum(1 for r in rows if not r["collapsed"]
                             and r["trigger_step"] is not None),
         "quiet": sum(1 for r in rows if not r["collapsed"] and r["trigger_step"] is None),
-        "mean_lead_time": sum(leads) / len(leads) if leads else None}
+        "mean_lead_time": sum(leads) / len(leads) if leads else None,
+        "by_signature": {**totals(scored), "stopped": len(rows) - len(scored),
+                         "min_lead": MIN_LEAD}}
     return {"params": p.model_dump(mode="json"), "threshold": threshold, "campaigns": rows,
             "summary": summary}
 
@@ -119,9 +141,12 @@ class CollapseGuard(Controller):
 
     @classmethod
     def offline_report(cls, campaign_records: Sequence[Records],
-                       params: Mapping[str, Any] | None, threshold: float) -> dict[str, Any]:
+                       params: Mapping[str, Any] | None, threshold: float, *,
+                       stopped: Collection[int] = (), signature_rise: float = 0.05,
+                       signature_fall: float = 0.10) -> dict[str, Any]:
         """`guard_report` of a recorded chain."""
-        return guard_report(campaign_records, params, threshold)
+        return guard_report(campaign_records, params, threshold, stopped=stopped,
+                            signature_rise=signature_rise, signature_fall=signature_fall)
 
     @classmethod
     def offline_guard_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -144,6 +144,17 @@ def score_campaign(c: Campaign, params: GuardParams, *, rise: float = 0.05,
                          onset, trigger, None if hit is None else hit[1], lead, outcome)
 
 
+def from_report_row(row: Mapping[str, Any]) -> CampaignScore | None:
+    """The score of a campaign row of a cell's `guard` section (its `by_signature`), or None
+    for a row without one (written before it existed) or of a campaign a controller stopped."""
+    b = row.get("by_signature")
+    if not b or b.get("outcome") == "stopped":
+        return None
+    return CampaignScore("", int(row["campaign"]), None, bool(b["signature"]),
+                         int(b["peak_step"]), b["onset"], b["trigger_step"], row.get("reason"),
+                         b["lead_time"], str(b["outcome"]))
+
+
 def totals(scores: Sequence[CampaignScore]) -> dict[str, Any]:
     """Counts per outcome, the caught share of signature campaigns, the false-alarm share of
     the others, and the mean and median lead time over the signature campaigns it fired on."""

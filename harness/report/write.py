@@ -99,9 +99,19 @@ def build_report(run: RunData) -> tuple[Doc, dict[str, bytes]]:
     doc.h("Collapse guard lead time (offline, on the naive traces)")
     g_head, g_rows = guard_table(run)
     if g_rows:
-        doc.p("The online collapse guard replayed on every finished campaign: caught = fired at "
-              "or before the collapse onset, late = after it, missed = collapsed and not "
-              "caught, lead time = onset - trigger step.")
+        if g_head[5] == "signature":
+            doc.p("The online collapse guard replayed on every finished campaign, scored as "
+                  "`harness guard score` scores it: signature = eval pass@1 peaked at least "
+                  "chain.signature_rise above its start and ended at least chain.signature_fall "
+                  "below the peak (5 and 10 points by default); caught = fired "
+                  "at least 2 steps before the onset (the first step after the peak below peak "
+                  "- (peak - end)/2), late = with less lead or after it, missed = never fired; "
+                  "false alarms = fired in a campaign without the signature (of those "
+                  "campaigns); lead time = onset - trigger step.")
+        else:
+            doc.p("The online collapse guard replayed on every finished campaign: caught = "
+                  "fired at or before the collapse onset, late = after it, missed = collapsed "
+                  "and not caught, lead time = onset - trigger step.")
         doc.table(g_head, g_rows)
         params = [r.get("params") for r in run.results.get("arms") or []
                   if r["kind"] == "guard_lead_time" and r.get("params")]
