@@ -82,13 +82,12 @@ def guard_report(campaign_records: Sequence[Records],
     `quiet`: neither fired nor collapsed; `mean_lead_time`: mean lead_time over the collapsed
     campaigns it fired on (late ones count, negative), None when there is none.
 
-    The same campaigns scored as `harness guard score` scores them (`harness.guard.score`: the
+    Beside them, each campaign's `by_signature` {`signature`, `peak_step`, `onset`,
+    `trigger_step`, `lead_time`, `outcome`} and `summary.by_signature` (the totals of
+    `harness.guard.score.totals`) score the same firings as `harness guard score` does: the
     study's signature with `signature_rise`/`signature_fall`, caught = fired at least
-    `MIN_LEAD` steps before the signature's onset): per campaign `signature` and `outcome`
-    (caught, late, missed, false_alarm, quiet; "stopped" for the campaigns in `stopped`, which
-    a controller cut short, so their cliff never happened) with its peak step, signature
-    onset and lead time, in each campaign's `by_signature`; and `summary.by_signature`, the
-    totals of `harness.guard.score.totals` over the campaigns not stopped."""
+    `MIN_LEAD` steps before its onset. A campaign in `stopped` (cut short by a controller, so
+    its cliff never happened) has the outcome "stopped" and is left out of those totals."""
     from harness.guard.score import MIN_LEAD, Campaign, score_campaign, totals
 
     p = as_params(params)
