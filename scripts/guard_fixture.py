@@ -5,8 +5,9 @@
 Writes one JSON line per step record of every finished, full-budget campaign of the run's
 naive cells (`harness.guard.score.load_campaigns`), keeping the cell name (its label, without
 the config hash), campaign, seed, step and the fields of `FIELDS`. tests/test_guard.py scores
-and tunes the guard on `tests/fixtures/guard/tiny-guard-calibration.jsonl.gz`, made this way
-from a `harness bench tiny-guard` run (docs/guard.md).
+and tunes the guard on `tests/fixtures/guard/tiny-guard-calibration.jsonl.gz` and
+`tiny-healthy.jsonl.gz`, made this way from `harness bench tiny-guard` and `harness bench
+tiny-healthy` runs (docs/guard.md).
 """
 
 from __future__ import annotations

@@ -276,6 +276,42 @@ def test_tuning_on_the_calibration_traces_gives_the_defaults_and_the_documented_
     assert [front.get(f) for f in (0, 1, 3, 6, 8, 11, 16)] == [1, 5, 7, 14, 20, 23, 25]
 
 
+def _healthy_campaigns(seeds: range) -> list[Campaign]:
+    """The naive arm of tiny-healthy (lr 1e-3, 16 prompts a step: training rises and holds;
+    seeds 0-5 and 100-105, 5 x 20 steps; docs/guard.md "On healthy training"), reduced."""
+    from pathlib import Path
+
+    return [c for c in load_fixture(Path(__file__).parent / "fixtures" / "guard" /
+                                    "tiny-healthy.jsonl.gz") if c.seed in seeds]
+
+
+def test_the_defaults_on_healthy_training_score_as_documented() -> None:
+    cal, held_out = _healthy_campaigns(range(6)), _healthy_campaigns(range(100, 106))
+    assert (len(cal), len(held_out)) == (30, 30)
+    t_cal, t_out = score(cal)["totals"], score(held_out)["totals"]
+    # no campaign shows the signature, so every firing is a false alarm
+    assert (t_cal["signature"], t_out["signature"]) == (0, 0)
+    assert (t_cal["false_alarm"], t_out["false_alarm"]) == (14, 11)
+    # every chain's first campaign, at step 1, by the covariance: it rose 5 points and the
+    # update that made it rise is sharpening the policy, as in the campaigns that collapse
+    first = [s for s in score(cal + held_out)["campaigns"] if s["index"] == 0]
+    assert len(first) == 12 and all(s["trigger_step"] == 1 and s["reason"].startswith(
+        "log-prob/advantage covariance") for s in first)
+
+
+@pytest.mark.slow
+def test_tuning_with_healthy_training_in_the_pool_gives_the_documented_rule() -> None:
+    cal = _fixture_campaigns() + _healthy_campaigns(range(6))
+    at_10 = tune(cal)
+    assert at_10["signals"] == ["length_drift", "covariance"]
+    assert (at_10["totals"]["caught"], at_10["totals"]["false_alarm"],
+            at_10["totals"]["no_signature"]) == (7, 5, 65)
+    front = {p["false_alarms"]: p["caught"] for p in at_10["front"]}
+    assert [front.get(f) for f in (5, 8, 14, 20, 34)] == [7, 11, 20, 23, 25]
+    held_out = score(_healthy_campaigns(range(100, 106)), at_10["params"])["totals"]
+    assert held_out["false_alarm"] == 2
+
+
 def _cell_dir(tmp_path: Any, name: str, curve: list[float], controller: str = "naive",
               method: dict[str, Any] | None = None) -> Any:
     import json
