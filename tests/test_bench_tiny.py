@@ -212,7 +212,7 @@ def test_report_of_a_real_run(first_run: Path, tmp_path: Path) -> None:
     for fig in ("mean_curves", "seed_curves", "verdict_kinds", "end_of_chain", "peak_vs_end"):
         assert f'<figure id="{fig}"><img' in text, fig
     for needle in ("tiny-smoke", "trace_oracle of naive", "hindsight_oracle of naive",
-                   "mean lead time", "reinforce/naive"):
+                   "median lead time", "reinforce/naive"):
         assert needle in text, needle
 
 
