@@ -129,6 +129,7 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
     final = next((r for r in records if r["type"] == "final"), None)
     steps = [r for r in records if r["type"] == "step"]
     finished = {c["index"] for c in campaigns}
+    stopped = {c["index"] for c in campaigns if c.get("stopped_early")}
     by_campaign: dict[int, list[dict[str, Any]]] = {}
     for s in steps:
         if s["campaign"] in finished:
@@ -152,9 +153,7 @@ def build_result(cfg: CellConfig, records: list[dict[str, Any]]) -> dict[str, An
             "carried_from": final["carried_from"]},
         "oracles": None if final is None else final.get("oracles"),
         "guard": guard_section(cfg, [by_campaign[k] for k in sorted(by_campaign)],
-                               [i for i, k in enumerate(sorted(by_campaign))
-                                if any(c["index"] == k and c.get("stopped_early")
-                                       for c in campaigns)]),
+                               [i for i, k in enumerate(sorted(by_campaign)) if k in stopped]),
         "aggregates": {
             **chain_aggregates(campaigns),
             "total_steps": len([s for s in steps if s["step"] > 0]),

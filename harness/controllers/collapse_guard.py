@@ -96,19 +96,19 @@ def guard_report(campaign_records: Sequence[Records],
     for k, records in enumerate(campaign_records):
         if not records:
             continue
-        hit = guard_trigger(records, p)
+        # the guard's trigger once, scored both ways
+        sc = score_campaign(Campaign("", k, None, tuple(records)), p, rise=signature_rise,
+                            fall=signature_fall, min_lead=MIN_LEAD)
         curve = [float(r["eval_pass1"]) for r in records]
         s = summarise(k, curve, budget=len(curve) - 1, start_from="", lr=1.0,
                       collapse_threshold=threshold)
-        trigger = None if hit is None else hit[0]
+        trigger = sc.trigger_step
         rows.append({
-            "campaign": k, "trigger_step": trigger, "reason": None if hit is None else hit[1],
+            "campaign": k, "trigger_step": trigger, "reason": sc.reason,
             "collapsed": s.collapsed,
             "onset": int(records[s.onset]["step"]) if s.collapsed and s.onset is not None
             else None,
             "lead_time": lead_time(records, trigger, threshold)})
-        sc = score_campaign(Campaign("", k, None, tuple(records)), p, rise=signature_rise,
-                            fall=signature_fall, min_lead=MIN_LEAD)
         rows[-1]["by_signature"] = {
             "signature": sc.signature, "peak_step": sc.peak_step, "onset": sc.onset,
             "trigger_step": sc.trigger_step, "lead_time": sc.lead_time,
